@@ -1,0 +1,138 @@
+"""Configuration: one dataclass per concern, and the three presets (``smoke``, ``cpu``, ``paper``).
+
+The brief's numbers (70 M parameters, window 128, stride 64, LTM of 256 entries written above 4.5 bits
+and read above cosine 0.8, AdamW 5e-4, 500 warm-up steps, 10,000 steps, batch 8) are the ``paper``
+preset. ``cpu`` runs the whole pipeline on a 2-core CPU in about 30 minutes; ``smoke`` runs in seconds
+and is what the tests and CI use. Both arms of an experiment share every field except
+``ModelConfig.use_ltm``.
+
+    from revena_lib.config import get_preset
+    preset = get_preset("cpu"); preset.model.n_layer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataConfig:
+    source: str = "auto"            # "auto" (hub if reachable, else embedded), "openwebtext", "embedded"
+    num_docs: int = 10_000          # first N documents of the source (the embedded corpus has 233)
+    max_doc_chars: int = 50_000     # documents are truncated to this many characters before tokenising
+    val_fraction: float = 0.1       # split by document, never inside one
+    split_seed: int = 1337
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50257         # GPT-2 BPE
+    n_layer: int = 14
+    n_head: int = 8
+    n_embd: int = 512
+    window: int = 128               # sliding-window STM: token t sees t-window+1 .. t
+    chunk_size: int = 64            # the brief's stride: each chunk attends to itself and the previous chunk
+    rope_base: float = 10_000.0
+    dropout: float = 0.0
+    # Long-term memory. Only use_ltm differs between the two arms.
+    use_ltm: bool = False
+    ltm_capacity: int = 256         # entries per sequence, FIFO eviction when full
+    ltm_write_threshold_bits: float = 4.5   # write tokens whose surprisal is strictly above this
+    ltm_similarity_threshold: float = 0.8   # a memory entry is a hit when cosine(query, key) is strictly above this
+    ltm_layer: int = -1             # which attention layer owns the memory (negative counts from the end)
+    ltm_score_temperature: float = 0.1      # softmax over hit cosines uses cosine / temperature
+
+    @property
+    def memory_layer_index(self) -> int:
+        return self.ltm_layer % self.n_layer
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.window != 2 * self.chunk_size:
+            raise ValueError(
+                f"window={self.window} must be 2 x chunk_size={self.chunk_size}: each chunk attends to itself "
+                "and the previous chunk, which is exactly a sliding window of 2 x chunk_size - 1 earlier tokens"
+            )
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 512              # longer than the window, or the LTM has nothing to remember
+    batch_size: int = 8
+    steps: int = 10_000
+    warmup_steps: int = 500
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1       # cosine decays to lr * min_lr_ratio
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.1       # weight matrices only
+    grad_clip: float = 1.0
+    log_interval: int = 10          # steps between metrics.jsonl lines
+    eval_interval: int = 500        # steps between validation loss / BPC
+    eval_batches: int = 8
+    seed: int = 1337
+
+
+@dataclass
+class EvalConfig:
+    max_docs: int = 0               # validation documents for BPC (0 = all)
+    max_tokens_per_doc: int = 0     # read each document from its start up to this many tokens (0 = whole)
+    batch_size: int = 8
+    recall_distances: tuple[int, ...] = (32, 64, 96, 192, 256, 384, 512, 768, 1024)
+    recall_items_per_distance: int = 64
+    recall_seed: int = 2024
+    bootstrap_samples: int = 2000
+    throughput_tokens: int = 32_768  # tokens timed for tokens_per_sec, after warm-up
+
+
+@dataclass
+class Preset:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _smoke() -> Preset:
+    return Preset(
+        name="smoke",
+        data=DataConfig(num_docs=40, max_doc_chars=8_000),
+        model=ModelConfig(n_layer=2, n_head=2, n_embd=32),
+        train=TrainConfig(seq_len=256, batch_size=2, steps=12, warmup_steps=2, lr=1e-3,
+                          log_interval=2, eval_interval=6, eval_batches=2),
+        eval=EvalConfig(max_docs=3, max_tokens_per_doc=512, batch_size=2,
+                        recall_distances=(32, 256), recall_items_per_distance=4,
+                        bootstrap_samples=200, throughput_tokens=1024),
+    )
+
+
+def _cpu() -> Preset:
+    return Preset(
+        name="cpu",
+        data=DataConfig(),
+        model=ModelConfig(n_layer=4, n_head=4, n_embd=128),
+        train=TrainConfig(seq_len=512, batch_size=8, steps=1500, warmup_steps=100, lr=2e-3,
+                          log_interval=10, eval_interval=250, eval_batches=8),
+        eval=EvalConfig(max_docs=0, max_tokens_per_doc=4096, batch_size=8,
+                        recall_items_per_distance=32, throughput_tokens=16_384),
+    )
+
+
+def _paper() -> Preset:
+    return Preset(name="paper")  # the dataclass defaults are the brief's numbers
+
+
+PRESETS = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+
+
+def get_preset(name: str) -> Preset:
+    """A fresh copy of the named preset; an unknown name says which ones exist."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (e.g. --preset cpu)")
+    return PRESETS[name]()
