@@ -1,0 +1,86 @@
+"""run_all.py: the headless pipeline, end to end on the smoke preset, and how it reports a failure."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_all(*args, home: Path, timeout=900):
+    env = {**os.environ, "REVENA_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "run_all.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_notebook(path: Path, *sources: str):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('preset = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+
+
+def test_help_explains_presets():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_all.py"), "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    for word in ("--preset", "smoke", "cpu", "paper", "--only"):
+        assert word in result.stdout
+
+
+def test_unknown_preset_is_refused(tmp_path):
+    result = run_all("--preset", "huge", home=tmp_path)
+    assert result.returncode != 0
+    assert "invalid choice: 'huge'" in result.stderr
+
+
+def test_stops_at_first_failing_notebook_and_names_it(tmp_path):
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    write_notebook(notebooks / "01_fine.ipynb", "print('fine', preset)")
+    write_notebook(notebooks / "02_broken.ipynb", "x = 1", "raise ValueError('planted failure')")
+    write_notebook(notebooks / "03_never.ipynb", "open('ran.txt', 'w').write('oops')")
+    out = tmp_path / "executed"
+    result = run_all("--preset", "smoke", "--notebooks-dir", str(notebooks), "--output-dir", str(out),
+                     home=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ok     01_fine.ipynb" in result.stdout
+    assert "FAILED 02_broken.ipynb" in result.stdout
+    assert "ValueError: planted failure" in result.stdout
+    assert "03_never" not in result.stdout
+    assert not (REPO_ROOT / "ran.txt").exists()
+    # The parameter reached the notebook, and the executed copy (not the source) holds the output.
+    executed = nbformat.read(out / "01_fine.ipynb", as_version=4)
+    assert "fine smoke" in json.dumps(executed.cells[-1].outputs)
+    source = nbformat.read(notebooks / "01_fine.ipynb", as_version=4)
+    assert not source.cells[-1].outputs
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_end_to_end(tmp_path):
+    out = tmp_path / "executed"
+    result = run_all("--preset", "smoke", "--output-dir", str(out), home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    notebooks = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks, "no notebooks to run"
+    for name in notebooks:
+        assert f"ok     {name}" in result.stdout
+        assert (out / name).exists()
+    # What the pipeline leaves behind, with the brief's schema.
+    assert (tmp_path / "data" / "train.bin").exists() and (tmp_path / "data" / "meta.json").exists()
+    if any(n.startswith("05_") for n in notebooks):
+        results = json.loads((tmp_path / "results" / "results.json").read_text())
+        assert set(results) == {"baseline", "with_ltm"}
+        for arm in results.values():
+            for key in ("bpc", "long_range_recall", "memory_hit_rate", "tokens_per_sec"):
+                assert isinstance(arm[key], float)
+        assert results["baseline"]["memory_hit_rate"] == 0.0
+    if any(n.startswith("06_") for n in notebooks):
+        assert (tmp_path / "results" / "results.png").stat().st_size > 10_000
