@@ -115,7 +115,9 @@ def _smoke() -> Preset:
 def _cpu() -> Preset:
     return Preset(
         name="cpu",
-        data=DataConfig(),
+        # 250k characters keeps every State of the Union address whole (the longest has 217k): ~2.07 M tokens,
+        # and long documents are what give the LTM something to remember beyond the window.
+        data=DataConfig(max_doc_chars=250_000),
         model=ModelConfig(n_layer=4, n_head=4, n_embd=128),
         train=TrainConfig(seq_len=512, batch_size=8, steps=1500, warmup_steps=100, lr=2e-3,
                           log_interval=10, eval_interval=250, eval_batches=8),
