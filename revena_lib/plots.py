@@ -1,0 +1,291 @@
+"""Figures from a results dict (``results/results.json``) and from a run's ``metrics.jsonl``.
+
+``results_figure`` is matplotlib (PNG export works offline, no kaleido); ``results_plotly`` is the same
+content as an interactive plotly figure, written as a self-contained HTML file (plotly.js inlined).
+The notebook-04 figures (surprisal per token, memory over a document, the threshold explorer) are here too.
+
+    from revena_lib.plots import save_results_plots
+    save_results_plots(load_results())   # writes results/results.png and results/results.html
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from revena_lib.paths import results_dir as default_results_dir
+
+ARMS = ("baseline", "with_ltm")
+ARM_LABELS = {"baseline": "baseline (STM only)", "with_ltm": "with LTM"}
+ARM_COLOURS = {"baseline": "#7f7f7f", "with_ltm": "#1f77b4"}
+BARS = (("bpc", "BPC (lower is better)"), ("long_range_recall", "long-range recall"),
+        ("tokens_per_sec", "tokens / sec"))
+
+
+def _arms(results: dict) -> list[str]:
+    return [arm for arm in ARMS if arm in results]
+
+
+def _ci(results: dict, arm: str, key: str) -> tuple[float, float]:
+    lo, hi = results[arm].get("ci95", {}).get(key, [math.nan, math.nan])
+    return (math.nan if lo is None else lo), (math.nan if hi is None else hi)
+
+
+def _error(value: float, lo: float, hi: float) -> tuple[float, float]:
+    """Distances below/above the value for error bars (0 where unknown)."""
+    below, above = value - lo, hi - value
+    return (0.0 if not np.isfinite(below) else max(below, 0.0)), (0.0 if not np.isfinite(above) else max(above, 0.0))
+
+
+def _diff_text(results: dict, key: str, fmt: str = "{:+.3f}") -> str:
+    diff = results.get("with_ltm", {}).get("vs_baseline", {}).get(key)
+    if not diff:
+        return ""
+    lo, hi = diff["ci95"]
+    return f"LTM - base {fmt.format(diff['diff'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _window(results: dict) -> int:
+    for arm in _arms(results):
+        window = results[arm].get("run", {}).get("window")
+        if window:
+            return int(window)
+    return 128
+
+
+def _by_distance(results: dict, arm: str, key: str) -> tuple[list[int], list[float]]:
+    rows = results[arm].get("recall_by_distance", {})
+    distances = sorted(int(d) for d in rows)
+    return distances, [rows[str(d)].get(key, math.nan) for d in distances]
+
+
+def _subtitle(results: dict) -> str:
+    run = results.get("with_ltm", results.get("baseline", {})).get("run", {})
+    seeds = run.get("seeds") or []
+    return (f"corpus {run.get('corpus', '?')} · preset {run.get('preset', '?')} · device {run.get('device', '?')} · "
+            f"seeds {', '.join(str(s) for s in seeds) or '?'} · 95% bootstrap intervals")
+
+
+def results_figure(results: dict) -> Figure:
+    """Bars (BPC, long-range recall, tokens/sec, with 95% intervals) and curves by recall distance."""
+    arms = _arms(results)
+    window = _window(results)
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3)
+    for ax, (key, title) in zip(axes[0], BARS):
+        values = [results[arm][key] for arm in arms]
+        errors = np.array([_error(v, *_ci(results, arm, key)) for v, arm in zip(values, arms)]).T   # (2, arms)
+        ax.bar([ARM_LABELS[a] for a in arms], values, yerr=errors, capsize=6,
+               color=[ARM_COLOURS[a] for a in arms])
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:,.0f}" if key == "tokens_per_sec" else f"{v:.3g}", (i, v), textcoords="offset points", xytext=(0, 3), ha="center", va="bottom")
+        diff = _diff_text(results, key)
+        ax.set_title(title + (f"\n{diff}" if diff else ""), fontsize=10)
+    axes[0][1].set_ylim(0, 1.05)
+    axes[0][1].set_ylabel(f"passkey exact match, distance > {window}")
+
+    ax = axes[1][0]
+    for arm in arms:
+        d, exact = _by_distance(results, arm, "exact")
+        _, control = _by_distance(results, arm, "control_exact")
+        ax.plot(d, exact, "o-", color=ARM_COLOURS[arm], label=f"{ARM_LABELS[arm]} passkey")
+        ax.plot(d, control, "s--", color=ARM_COLOURS[arm], alpha=0.6, label=f"{ARM_LABELS[arm]} control")
+    ax.set(title="recall by distance: exact match", xlabel="filler tokens between fact and question",
+           ylabel="exact match", ylim=(-0.03, 1.03))
+    ax = axes[1][1]
+    for arm in arms:
+        d, logprob = _by_distance(results, arm, "logprob_bits")
+        _, control = _by_distance(results, arm, "control_logprob_bits")
+        ax.plot(d, logprob, "o-", color=ARM_COLOURS[arm], label=f"{ARM_LABELS[arm]} passkey")
+        ax.plot(d, control, "s--", color=ARM_COLOURS[arm], alpha=0.6, label=f"{ARM_LABELS[arm]} control")
+    ax.set(title="recall by distance: graded", xlabel="filler tokens between fact and question",
+           ylabel="answer log2 p per token (higher is better)")
+    ax = axes[1][2]
+    if "with_ltm" in results:
+        d, hit = _by_distance(results, "with_ltm", "memory_hit_rate")
+        _, answer_hit = _by_distance(results, "with_ltm", "answer_hit")
+        _, useful = _by_distance(results, "with_ltm", "answer_hit_in_fact")
+        ax.plot(d, hit, "o-", color=ARM_COLOURS["with_ltm"], label="tokens with >= 1 hit")
+        ax.plot(d, answer_hit, "^-", color="#ff7f0e", label="answer position hit")
+        ax.plot(d, useful, "v-", color="#2ca02c", label="answer hit points into the fact")
+        ax.axhline(results["with_ltm"].get("memory_hit_rate", math.nan), color="#999999", lw=1,
+                   label="validation documents")
+    ax.set(title="LTM hit rate by recall distance", xlabel="filler tokens between fact and question",
+           ylabel="share", ylim=(-0.03, 1.03))
+    distances = sorted({d for arm in arms for d in _by_distance(results, arm, "exact")[0]})
+    for ax in axes[1]:
+        ax.axvline(window, color="#d62728", ls=":", lw=1.5, label=f"window ({window})")
+        ax.legend(fontsize=7)
+        if distances and min(distances) > 0:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(distances, [str(d) for d in distances])
+            ax.minorticks_off()
+    fig.suptitle(f"Revena: does an LTM help?  ({_subtitle(results)})", fontsize=11)
+    return fig
+
+
+def results_plotly(results: dict):
+    """The same panels as ``results_figure`` as an interactive plotly figure."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    arms = _arms(results)
+    window = _window(results)
+    titles = [title + (f"<br><sup>{_diff_text(results, key)}</sup>" if _diff_text(results, key) else "")
+              for key, title in BARS]
+    titles += ["recall by distance: exact match", "recall by distance: answer log2 p (graded)",
+               "LTM hit rate by recall distance"]
+    fig = make_subplots(rows=2, cols=3, subplot_titles=titles, vertical_spacing=0.16)
+    for col, (key, _) in enumerate(BARS, start=1):
+        values = [results[arm][key] for arm in arms]
+        errors = np.array([_error(v, *_ci(results, arm, key)) for v, arm in zip(values, arms)])
+        fig.add_trace(go.Bar(x=[ARM_LABELS[a] for a in arms], y=values, marker_color=[ARM_COLOURS[a] for a in arms],
+                             error_y=dict(type="data", symmetric=False, array=errors[:, 1], arrayminus=errors[:, 0]),
+                             text=[f"{v:.3g}" for v in values], showlegend=False), row=1, col=col)
+    for col, (key, control_key) in enumerate((("exact", "control_exact"), ("logprob_bits", "control_logprob_bits")),
+                                             start=1):
+        for arm in arms:
+            d, y = _by_distance(results, arm, key)
+            _, c = _by_distance(results, arm, control_key)
+            fig.add_trace(go.Scatter(x=d, y=y, mode="lines+markers", name=f"{ARM_LABELS[arm]} passkey",
+                                     line=dict(color=ARM_COLOURS[arm]), legendgroup=arm, showlegend=col == 1),
+                          row=2, col=col)
+            fig.add_trace(go.Scatter(x=d, y=c, mode="lines+markers", name=f"{ARM_LABELS[arm]} control",
+                                     line=dict(color=ARM_COLOURS[arm], dash="dash"), legendgroup=arm + "c",
+                                     showlegend=col == 1), row=2, col=col)
+    if "with_ltm" in results:
+        for key, name, colour in (("memory_hit_rate", "tokens with >= 1 hit", ARM_COLOURS["with_ltm"]),
+                                  ("answer_hit", "answer position hit", "#ff7f0e"),
+                                  ("answer_hit_in_fact", "answer hit points into the fact", "#2ca02c")):
+            d, y = _by_distance(results, "with_ltm", key)
+            fig.add_trace(go.Scatter(x=d, y=y, mode="lines+markers", name=name, line=dict(color=colour)),
+                          row=2, col=3)
+    for col in (1, 2, 3):
+        fig.add_vline(x=window, line_dash="dot", line_color="#d62728", row=2, col=col)
+        fig.update_xaxes(title_text="filler tokens between fact and question", type="log", row=2, col=col)
+    fig.update_layout(height=800, title=f"Revena: does an LTM help?<br><sup>{_subtitle(results)}</sup>",
+                      template="plotly_white")
+    return fig
+
+
+def save_results_plots(results: dict, out_dir=None) -> dict:
+    """Write ``results.png`` (matplotlib) and ``results.html`` (plotly, works offline); returns their paths."""
+    out_dir = Path(out_dir) if out_dir else default_results_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, html = out_dir / "results.png", out_dir / "results.html"
+    tmp_png, tmp_html = out_dir / ".results.png.tmp", out_dir / ".results.html.tmp"
+    results_figure(results).savefig(tmp_png, format="png", dpi=110)
+    tmp_png.replace(png)
+    results_plotly(results).write_html(tmp_html, include_plotlyjs=True, full_html=True)
+    tmp_html.replace(html)
+    return {"png": png, "html": html}
+
+
+# -----------------------------------------------------------------------------
+# Training curves (metrics.jsonl)
+
+def read_metrics(run_dir) -> list[dict]:
+    """The run's metrics.jsonl as a list of dicts (empty if the file is missing)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash
+    return rows
+
+
+def training_figure(run_dirs: dict):
+    """Plotly: loss and LTM hit / routed ratio over training steps. ``run_dirs``: {label: run_dir}."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss (nats)", "LTM over training"))
+    for label, run_dir in run_dirs.items():
+        rows = [r for r in read_metrics(run_dir) if "step" in r]
+        train = [r for r in rows if "loss" in r]
+        fig.add_trace(go.Scatter(x=[r["step"] for r in train], y=[r["loss"] for r in train], name=f"{label} loss",
+                                 mode="lines"), row=1, col=1)
+        for key in ("ltm_hit_rate", "routed_token_ratio"):
+            points = [r for r in rows if key in r and ("with_ltm" in str(label) or r.get(key))]
+            if points:
+                fig.add_trace(go.Scatter(x=[r["step"] for r in points], y=[r[key] for r in points],
+                                         name=f"{label} {key}", mode="lines"), row=1, col=2)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=400, template="plotly_white")
+    return fig
+
+
+# -----------------------------------------------------------------------------
+# Notebook 04: one document through the LTM model
+
+def surprisal_figure(token_texts, surprisal_bits, routed, hit_count=None, threshold_bits: float = 4.5):
+    """Plotly: surprisal per token with the write threshold; routed tokens and memory hits marked."""
+    import plotly.graph_objects as go
+
+    s = np.asarray(surprisal_bits, float)
+    routed = np.asarray(routed, bool)
+    positions = np.arange(len(s))
+    labels = [repr(t) for t in token_texts]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=positions, y=s, mode="lines", name="surprisal (bits)", line=dict(color="#999999"),
+                             text=labels, hovertemplate="#%{x} %{text}<br>%{y:.2f} bits<extra></extra>"))
+    fig.add_trace(go.Scatter(x=positions[routed], y=s[routed], mode="markers", name="routed to LTM",
+                             marker=dict(color="#d62728", size=6), text=[labels[i] for i in positions[routed]],
+                             hovertemplate="#%{x} %{text}<br>%{y:.2f} bits, written<extra></extra>"))
+    if hit_count is not None:
+        hits = np.asarray(hit_count) > 0
+        fig.add_trace(go.Scatter(x=positions[hits], y=s[hits], mode="markers", name="memory hit",
+                                 marker=dict(symbol="circle-open", color="#2ca02c", size=10, line=dict(width=2)),
+                                 text=[labels[i] for i in positions[hits]],
+                                 hovertemplate="#%{x} %{text}<br>read from memory<extra></extra>"))
+    fig.add_hline(y=threshold_bits, line_dash="dash", line_color="#d62728",
+                  annotation_text=f"write threshold {threshold_bits} bits")
+    fig.update_layout(height=380, template="plotly_white", xaxis_title="token position",
+                      yaxis_title="surprisal (bits)", title="Which tokens the LTM writes")
+    return fig
+
+
+def memory_figure(occupancy, evictions, hits_per_chunk=None, capacity: int | None = None):
+    """Plotly: entries in memory and evictions after each chunk (and hits per chunk)."""
+    import plotly.graph_objects as go
+
+    chunks = np.arange(len(occupancy))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=chunks, y=list(occupancy), mode="lines+markers", name="entries in memory"))
+    fig.add_trace(go.Bar(x=chunks, y=list(evictions), name="evicted (FIFO)", marker_color="#d62728", opacity=0.6))
+    if hits_per_chunk is not None:
+        fig.add_trace(go.Bar(x=chunks, y=list(hits_per_chunk), name="tokens with a hit", marker_color="#2ca02c",
+                             opacity=0.6))
+    if capacity:
+        fig.add_hline(y=capacity, line_dash="dot", annotation_text=f"capacity {capacity}")
+    fig.update_layout(height=340, template="plotly_white", xaxis_title="chunk", yaxis_title="count",
+                      barmode="group", title="Memory over the document")
+    return fig
+
+
+def threshold_figure(rows: list[dict]):
+    """Plotly: routed ratio and hit rate as a function of the write threshold. rows: dicts with those keys."""
+    import plotly.graph_objects as go
+
+    x = [r["write_threshold_bits"] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=[r["routed_token_ratio"] for r in rows], mode="lines+markers",
+                             name="routed token ratio"))
+    fig.add_trace(go.Scatter(x=x, y=[r["ltm_hit_rate"] for r in rows], mode="lines+markers", name="LTM hit rate"))
+    if rows and "bpc" in rows[0]:
+        fig.add_trace(go.Scatter(x=x, y=[r["bpc"] for r in rows], mode="lines+markers", name="BPC of the document",
+                                 yaxis="y2"))
+        fig.update_layout(yaxis2=dict(title="BPC", overlaying="y", side="right"))
+    fig.update_layout(height=340, template="plotly_white", xaxis_title="write threshold (bits)",
+                      yaxis_title="share of tokens", title="Threshold explorer")
+    return fig

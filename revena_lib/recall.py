@@ -1,0 +1,271 @@
+"""Long-range recall: plant a fact in real validation text, ask for it again D tokens later, score the answer.
+
+Each item is one token sequence that opens with ``<|endoftext|>`` (the documents' BOS, as in training),
+then a stretch of real text, the planted fact, exactly ``distance`` tokens of real text (the filler),
+the question, and the answer. The answer is scored teacher-forced: exact match means greedy argmax
+reproduces every answer token; the graded score is the answer's mean log2-probability per token.
+Two kinds: ``passkey`` (a random 5-digit number: high surprisal, so the LTM writes it) and ``control``
+(an ordinary colour word: low surprisal, so a memory that only stores surprising tokens should not help).
+
+    items = make_recall_items(load_split("val"), distances=(32, 256), items_per_distance=4, seed=2024)
+    scores = score_recall_items(model, items, batch_size=8)   # list of dicts, one per item
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from revena_lib.tokenizer import EOT_ID, get_tokenizer
+
+PASSKEY_QUESTION = " The pass key is"
+PASSKEY_TAIL = ". Remember it."
+# Controls: the answer is a common colour word, so its surprisal is low and a surprisal-gated memory
+# should not store it. Any gain on these comes from the window (or from guessing), not from the LTM.
+CONTROL_OBJECTS = ("door", "car", "house", "boat", "coat", "wall")
+CONTROL_COLOURS = (" blue", " red", " green", " white", " black", " yellow", " brown")
+PREFIX_TOKENS = (16, 48)   # real text before the fact: a random length in this range (inclusive)
+
+
+class RecallError(ValueError):
+    pass
+
+
+@dataclass
+class RecallItem:
+    """One recall question. Only tokens, answer_start, answer_len, distance and kind are needed to score it.
+
+    ``tokens[answer_start : answer_start + answer_len]`` are the answer tokens; the model is asked to
+    predict them from ``tokens[:answer_start]`` (and, teacher-forced, the earlier answer tokens).
+    ``fact_start``/``fact_end`` delimit the planted fact (``-1`` if unknown); ``distance`` is the
+    number of filler tokens between the end of the fact and the start of the question.
+    Built by hand:
+
+        enc = get_tokenizer(); context = enc.encode(" The code is 4417. Some text. The code is")
+        answer = enc.encode(" 4417")
+        RecallItem(tokens=[EOT_ID] + context + answer, answer_start=1 + len(context),
+                   answer_len=len(answer), distance=3, kind="passkey")
+    """
+
+    tokens: list[int]
+    answer_start: int
+    answer_len: int
+    distance: int
+    kind: str = "passkey"          # "passkey" | "control"
+    answer_text: str = ""
+    fact_start: int = -1
+    fact_end: int = -1
+    doc_index: int = -1            # validation document the real text came from (-1: hand-made or joined)
+
+    def __post_init__(self):
+        self.tokens = [int(t) for t in self.tokens]
+        if self.answer_len < 1 or self.answer_start < 1 or self.answer_start + self.answer_len > len(self.tokens):
+            raise RecallError(
+                f"RecallItem: answer span [{self.answer_start}, {self.answer_start + self.answer_len}) must lie "
+                f"inside the {len(self.tokens)} tokens and start at position >= 1 (something must precede it)"
+            )
+
+    @property
+    def answer_tokens(self) -> list[int]:
+        return self.tokens[self.answer_start:self.answer_start + self.answer_len]
+
+
+def _document_bodies(filler) -> list[np.ndarray]:
+    """The text tokens of each document (opening EOT dropped). Accepts a TokenSplit or a list of token arrays."""
+    if hasattr(filler, "document") and hasattr(filler, "num_docs"):
+        docs = [np.asarray(filler.document(i)) for i in range(filler.num_docs)]
+    else:
+        docs = [np.asarray(d) for d in filler]
+    return [d[1:] if len(d) and d[0] == EOT_ID else d for d in docs]
+
+
+def _planted_pair(rng: np.random.Generator) -> dict:
+    """Fact, question and answer tokens for a passkey and a control item (same random draw order every time)."""
+    enc = get_tokenizer()
+    key = f" {int(rng.integers(10_000, 100_000))}"
+    obj = CONTROL_OBJECTS[int(rng.integers(len(CONTROL_OBJECTS)))]
+    colour = CONTROL_COLOURS[int(rng.integers(len(CONTROL_COLOURS)))]
+    key_tokens = enc.encode(key)
+    control_question = enc.encode(f" The color of the {obj} is")
+    colour_tokens = enc.encode(colour)
+    passkey_question = enc.encode(PASSKEY_QUESTION)
+    # Facts are built by concatenating token lists, so the answer tokens in the fact and after the
+    # question are identical (no re-tokenisation at the boundaries).
+    return {
+        "passkey": (passkey_question + key_tokens + enc.encode(PASSKEY_TAIL), passkey_question, key_tokens, key),
+        "control": (control_question + colour_tokens + enc.encode("."), control_question, colour_tokens, colour),
+    }
+
+
+def make_recall_items(filler, distances, items_per_distance: int, seed: int) -> list[RecallItem]:
+    """Passkey and control items planted in real text; deterministic for a given (filler, seed).
+
+    For every distance D and every i < items_per_distance one passkey item and one control item are
+    made from the SAME stretch of real text (paired), so the list has 2 x len(distances) x
+    items_per_distance items, ordered by distance, then i, then kind. Each (D, i) draws from its own
+    generator seeded by (seed, D, i), so adding a distance does not change the other items.
+
+    Layout of one item (positions are token indices; P = prefix length, F = fact length):
+
+        [EOT] [P tokens of real text] [fact: " The pass key is 48213. Remember it."]
+        [D tokens of real text] [question: " The pass key is"] [answer: " 48213"]
+
+        fact_start = 1 + P, fact_end = fact_start + F, question starts at fact_end + D,
+        answer_start = fact_end + D + len(question), answer_len = len(answer tokens).
+
+    Worked example (seed 2024, distance 32, i = 0, validation split of the smoke preset's embedded corpus):
+
+        decode(item.tokens) == "<|endoftext|> the belligerent measures which, in defiance of laws which
+            consecrate the rights of neutrals, overspread the ocean The pass key is 68798. Remember it.
+            with danger, it will rest with the wisdom of Congress to decide on the course best adapted to
+            such a state of things; and bringing with them, as they The pass key is 68798"
+        len(tokens) == 72, prefix P == 23, fact_start == 24, fact_end == 34 (10 fact tokens),
+        distance == 32 filler tokens (" with danger, ... as they"), question == tokens[66:70],
+        answer_start == 70, answer_len == 2, tokens[70:72] == [8257, 43240] == " 68798".
+        The control item of the same pair: "... the ocean The color of the boat is yellow. with danger,
+        ... as they The color of the boat is yellow", answer " yellow" (1 token, answer_start 70).
+
+    ``filler``: a ``TokenSplit`` (validation split) or a list of token arrays. Documents with at least
+    P + D text tokens are used; if none is long enough, all documents are joined (their EOTs dropped)
+    and the item's doc_index is -1.
+    """
+    bodies = _document_bodies(filler)
+    if not bodies or sum(len(b) for b in bodies) == 0:
+        raise RecallError("make_recall_items: the filler split has no text tokens (prepare data first: "
+                          "python -m revena_lib.prepare_data)")
+    joined = np.concatenate(bodies)
+    enc = get_tokenizer()
+    items = []
+    for distance in distances:
+        distance = int(distance)
+        if distance < 0:
+            raise RecallError(f"make_recall_items: distance must be >= 0, got {distance}")
+        for i in range(items_per_distance):
+            rng = np.random.default_rng([seed, distance, i])
+            prefix_len = int(rng.integers(PREFIX_TOKENS[0], PREFIX_TOKENS[1] + 1))
+            need = prefix_len + distance
+            long_enough = [d for d, b in enumerate(bodies) if len(b) >= need]
+            if long_enough:
+                doc_index = long_enough[int(rng.integers(len(long_enough)))]
+                source = bodies[doc_index]
+            else:
+                doc_index, source = -1, joined
+                if len(joined) < need:
+                    raise RecallError(f"make_recall_items: the filler has {len(joined)} text tokens in all, "
+                                      f"fewer than the {need} needed for distance {distance}")
+            offset = int(rng.integers(0, len(source) - need + 1))
+            prefix = source[offset:offset + prefix_len].tolist()
+            gap = source[offset + prefix_len:offset + need].tolist()
+            planted = _planted_pair(rng)
+            for kind in ("passkey", "control"):
+                fact, question, answer, answer_text = planted[kind]
+                tokens = [EOT_ID] + prefix + fact + gap + question + answer
+                fact_start = 1 + prefix_len
+                fact_end = fact_start + len(fact)
+                answer_start = fact_end + distance + len(question)
+                items.append(RecallItem(tokens=tokens, answer_start=answer_start, answer_len=len(answer),
+                                        distance=distance, kind=kind, answer_text=answer_text,
+                                        fact_start=fact_start, fact_end=fact_end, doc_index=doc_index))
+                assert enc.decode(items[-1].answer_tokens) == answer_text
+    return items
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def score_recall_items(model, items: list[RecallItem], device=None, batch_size: int = 8,
+                       max_batch_tokens: int = 8192) -> list[dict]:
+    """Teacher-forced scores, one dict per item, in the order of ``items``.
+
+    Each dict: ``exact_match`` (1 if greedy argmax gives every answer token, else 0),
+    ``answer_logprob_bits`` (mean log2 p of the answer tokens, <= 0; higher is better), ``distance``,
+    ``kind``, ``answer_text``, ``predicted_text`` (the greedy tokens at the answer positions), and,
+    from the LTM trace (0 for the baseline): ``memory_hit_rate`` (share of the item's tokens with at
+    least one hit), ``answer_hit`` (a memory hit at a position predicting the answer) and
+    ``answer_hit_in_fact`` (one of those hits points into the planted fact: a useful hit).
+
+    Items are batched by length (right-padded with EOT; causal attention and a write-then-read-later
+    memory mean padding after the answer cannot change the answer's logits). ``max_batch_tokens``
+    caps batch x length because the logits are (B, T, 50257) floats.
+    """
+    if device is not None:
+        model = model.to(device)
+    device = _model_device(model)
+    use_ltm = bool(getattr(getattr(model, "cfg", None), "use_ltm", False))
+    enc = get_tokenizer()
+    order = sorted(range(len(items)), key=lambda k: len(items[k].tokens))
+    results: list[dict | None] = [None] * len(items)
+    start = 0
+    while start < len(order):
+        longest = len(items[order[min(start + batch_size, len(order)) - 1]].tokens)
+        n = max(1, min(batch_size, max_batch_tokens // max(1, longest)))
+        batch_ids = order[start:start + n]
+        start += n
+        batch = [items[k] for k in batch_ids]
+        T = max(len(it.tokens) for it in batch)
+        idx = torch.full((len(batch), T), EOT_ID, dtype=torch.long)
+        for row, it in enumerate(batch):
+            idx[row, :len(it.tokens)] = torch.tensor(it.tokens, dtype=torch.long)
+        out = model(idx.to(device), introspect=use_ltm)
+        trace = out.trace if use_ltm else None
+        for row, (k, it) in enumerate(zip(batch_ids, batch)):
+            # logits at position p predict token p+1, so the answer is predicted at answer_start-1 ...
+            pred_pos = slice(it.answer_start - 1, it.answer_start - 1 + it.answer_len)
+            logits = out.logits[row, pred_pos].float()                        # (A, V)
+            answer = torch.tensor(it.answer_tokens, device=logits.device)     # (A,)
+            logprob_bits = torch.log_softmax(logits, dim=-1).gather(1, answer[:, None])[:, 0] / np.log(2.0)
+            greedy = logits.argmax(dim=-1)
+            scores = {
+                "exact_match": int(bool((greedy == answer).all())),
+                "answer_logprob_bits": float(logprob_bits.mean()),
+                "distance": it.distance,
+                "kind": it.kind,
+                "answer_text": it.answer_text,
+                "predicted_text": enc.decode(greedy.tolist()),
+                "memory_hit_rate": 0.0,
+                "answer_hit": 0,
+                "answer_hit_in_fact": 0,
+            }
+            if trace is not None:
+                hits = trace.hit_count[row, :len(it.tokens)] > 0                 # (T,)
+                scores["memory_hit_rate"] = float(hits.float().mean())
+                scores["answer_hit"] = int(bool(hits[pred_pos].any()))
+                if it.fact_start >= 0:
+                    pos = trace.top_hit_positions[row, pred_pos]                 # (A, K)
+                    in_fact = (pos >= it.fact_start) & (pos < it.fact_end)
+                    scores["answer_hit_in_fact"] = int(bool(in_fact.any()))
+            results[k] = scores
+    return results
+
+
+def summarize_recall(scores: list[dict], window: int = 128) -> dict:
+    """Means by kind and distance. Headline: passkey exact match over distances beyond the window."""
+
+    def mean(rows, key):
+        return float(np.mean([r[key] for r in rows])) if rows else float("nan")
+
+    passkey = [r for r in scores if r["kind"] == "passkey"]
+    control = [r for r in scores if r["kind"] == "control"]
+    beyond = [r for r in passkey if r["distance"] > window]
+    control_beyond = [r for r in control if r["distance"] > window]
+    by_distance = {}
+    for d in sorted({r["distance"] for r in scores}):
+        p = [r for r in passkey if r["distance"] == d]
+        c = [r for r in control if r["distance"] == d]
+        by_distance[str(d)] = {
+            "exact": mean(p, "exact_match"), "logprob_bits": mean(p, "answer_logprob_bits"),
+            "control_exact": mean(c, "exact_match"), "control_logprob_bits": mean(c, "answer_logprob_bits"),
+            "memory_hit_rate": mean(p + c, "memory_hit_rate"), "answer_hit": mean(p, "answer_hit"),
+            "answer_hit_in_fact": mean(p, "answer_hit_in_fact"), "n": len(p),
+        }
+    return {
+        "long_range_recall": mean(beyond, "exact_match"),
+        "long_range_recall_logprob_bits": mean(beyond, "answer_logprob_bits"),
+        "control_recall": mean(control_beyond, "exact_match"),
+        "control_recall_logprob_bits": mean(control_beyond, "answer_logprob_bits"),
+        "recall_by_distance": by_distance,
+    }
