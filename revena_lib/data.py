@@ -380,11 +380,11 @@ def prepare_from_preset(preset, source: str | None = None, data_dir=None, progre
 
 
 def _check_settings(num_docs, max_doc_chars, val_fraction):
-    if not isinstance(num_docs, int) or num_docs < 2:
+    if not isinstance(num_docs, (int, np.integer)) or num_docs < 2:
         raise DataError(f"num_docs (--num-docs) must be an integer >= 2, got {num_docs!r}")
-    if not isinstance(max_doc_chars, int) or max_doc_chars < 1:
+    if not isinstance(max_doc_chars, (int, np.integer)) or max_doc_chars < 1:
         raise DataError(f"max_doc_chars (--max-doc-chars) must be an integer >= 1, got {max_doc_chars!r}")
-    if not 0.0 < val_fraction < 1.0:
+    if not isinstance(val_fraction, (int, float, np.floating)) or not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction (--val-fraction) must be between 0 and 1 (exclusive), got {val_fraction!r}")
 
 

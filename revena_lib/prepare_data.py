@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Each document is stored as [<|endoftext|>, tokens...] and documents are split train/val by "
                     "document. Re-running with the same settings reuses the verified files.",
     )
+    presets = "; ".join(f"{name}: {get_preset(name).data.num_docs} docs of at most "
+                        f"{get_preset(name).data.max_doc_chars:,} chars" for name in PRESETS)
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS),
-                        help="preset whose DataConfig gives the defaults below (default: cpu)")
+                        help=f"preset whose DataConfig gives the defaults below ({presets}) (default: cpu)")
     parser.add_argument("--source", default=None,
                         help=f"one of {', '.join(SOURCES)}. auto: openwebtext from the Hugging Face hub if it is "
                              "reachable, else the embedded corpus 'sotu' (233 State of the Union addresses). "
