@@ -1,0 +1,135 @@
+"""Recall items: deterministic, answer and fact spans where they claim to be, exact distances, paired controls;
+scoring: an oracle scores 1, a wrong model 0, padding and batching change nothing. Smoke data, CPU, seconds."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from revena_lib.config import get_preset
+from revena_lib.recall import (PASSKEY_QUESTION, RecallError, RecallItem, make_recall_items, score_recall_items,
+                               summarize_recall)
+from revena_lib.tokenizer import EOT_ID, get_tokenizer
+
+
+@pytest.fixture
+def val(smoke_data):
+    from revena_lib.data import load_split
+
+    return load_split("val")
+
+
+class OracleModel(nn.Module):
+    """Logits that put all mass on the true next token (it peeks at idx[t+1]); ``wrong=True`` on another token."""
+
+    def __init__(self, wrong=False, vocab=50257):
+        super().__init__()
+        self.cfg = get_preset("smoke").model
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.wrong, self.vocab = wrong, vocab
+
+    def forward(self, idx, targets=None, introspect=False, memory_read=True):
+        from types import SimpleNamespace
+
+        B, T = idx.shape
+        nxt = torch.cat([idx[:, 1:], idx[:, -1:]], dim=1)                    # (B, T)
+        if self.wrong:
+            nxt = (nxt + 1) % self.vocab
+        logits = torch.full((B, T, self.vocab), -30.0)
+        logits.scatter_(2, nxt[..., None], 30.0)
+        return SimpleNamespace(logits=logits, loss=None, surprisal_bits=torch.zeros(B, T), stats={}, trace=None)
+
+
+def test_items_are_deterministic_per_seed(val):
+    a = make_recall_items(val, (32, 256), 3, seed=7)
+    b = make_recall_items(val, (32, 256), 3, seed=7)
+    c = make_recall_items(val, (32, 256), 3, seed=8)
+    assert [it.tokens for it in a] == [it.tokens for it in b]
+    assert [it.tokens for it in a] != [it.tokens for it in c]
+    # items of one distance do not depend on which other distances were asked for
+    only_256 = make_recall_items(val, (256,), 3, seed=7)
+    assert [it.tokens for it in only_256] == [it.tokens for it in a if it.distance == 256]
+
+
+def test_answer_fact_and_distance_are_where_they_claim(val):
+    enc = get_tokenizer()
+    items = make_recall_items(val, (0, 32, 256), 4, seed=2024)
+    assert len(items) == 3 * 4 * 2
+    assert {it.kind for it in items} == {"passkey", "control"}
+    question = enc.encode(PASSKEY_QUESTION)
+    for it in items:
+        assert it.tokens[0] == EOT_ID
+        assert enc.decode(it.answer_tokens) == it.answer_text
+        assert it.answer_start + it.answer_len == len(it.tokens)           # the answer ends the item
+        fact = it.tokens[it.fact_start:it.fact_end]
+        assert enc.decode(it.answer_tokens) in enc.decode(fact)             # the fact holds the answer
+        assert it.answer_tokens == fact[len(fact) - len(it.answer_tokens) - (4 if it.kind == "passkey" else 1):
+                                        len(fact) - (4 if it.kind == "passkey" else 1)]
+        question_start = it.fact_end + it.distance
+        if it.kind == "passkey":
+            assert it.tokens[question_start:it.answer_start] == question
+            assert it.answer_text.strip().isdigit() and len(it.answer_text.strip()) == 5
+        else:
+            assert enc.decode(it.tokens[question_start:it.answer_start]).startswith(" The color of the")
+        # the filler is real text: a contiguous slice of the document it came from
+        filler = it.tokens[it.fact_end:question_start]
+        assert len(filler) == it.distance
+        if it.doc_index >= 0 and it.distance:
+            doc = np.asarray(val.document(it.doc_index)).tolist()
+            starts = [k for k in range(len(doc)) if doc[k:k + len(filler)] == filler]
+            assert starts, "filler is not a slice of its document"
+
+
+def test_control_is_paired_with_the_passkey_item(val):
+    items = make_recall_items(val, (64,), 2, seed=1)
+    for passkey, control in zip(items[0::2], items[1::2]):
+        assert (passkey.kind, control.kind) == ("passkey", "control")
+        assert passkey.tokens[:passkey.fact_start] == control.tokens[:control.fact_start]
+        assert passkey.tokens[passkey.fact_end:passkey.fact_end + 64] == control.tokens[control.fact_end:control.fact_end + 64]
+
+
+def test_hand_made_item_and_bad_span():
+    enc = get_tokenizer()
+    context = enc.encode(" The code is 4417. Some text. The code is")
+    answer = enc.encode(" 4417")
+    item = RecallItem(tokens=[EOT_ID] + context + answer, answer_start=1 + len(context), answer_len=len(answer),
+                      distance=3, kind="passkey")
+    assert item.answer_tokens == answer
+    [oracle] = score_recall_items(OracleModel(), [item])
+    assert oracle["exact_match"] == 1 and oracle["answer_logprob_bits"] == pytest.approx(0.0, abs=1e-6)
+    assert oracle["predicted_text"] == " 4417"
+    with pytest.raises(RecallError, match="answer span"):
+        RecallItem(tokens=[1, 2, 3], answer_start=2, answer_len=5, distance=0)
+
+
+def test_oracle_scores_one_and_wrong_model_zero(val):
+    items = make_recall_items(val, (32, 256), 2, seed=3)
+    good = score_recall_items(OracleModel(), items, batch_size=3)
+    bad = score_recall_items(OracleModel(wrong=True), items, batch_size=3)
+    assert all(r["exact_match"] == 1 for r in good)
+    assert all(r["answer_logprob_bits"] == pytest.approx(0.0, abs=1e-6) for r in good)
+    assert all(r["exact_match"] == 0 and r["answer_logprob_bits"] < -50 for r in bad)
+    summary = summarize_recall(good)
+    assert summary["long_range_recall"] == 1.0 and summary["control_recall"] == 1.0
+    assert set(summary["recall_by_distance"]) == {"32", "256"}
+
+
+@pytest.mark.parametrize("use_ltm", [False, True])
+def test_tiny_model_scores_are_sane_and_batching_changes_nothing(val, use_ltm):
+    from revena_lib.model import RevenaLM
+
+    torch.manual_seed(0)
+    cfg = get_preset("smoke").model
+    cfg.use_ltm = use_ltm
+    model = RevenaLM(cfg).eval()
+    items = make_recall_items(val, (32, 256), 2, seed=5)
+    batched = score_recall_items(model, items, batch_size=4)
+    single = score_recall_items(model, items, batch_size=1)
+    for a, b, it in zip(batched, single, items):
+        assert a["distance"] == it.distance and a["kind"] == it.kind
+        assert a["exact_match"] in (0, 1)
+        assert -40 < a["answer_logprob_bits"] <= 0
+        assert a["answer_logprob_bits"] == pytest.approx(b["answer_logprob_bits"], abs=1e-3)  # right-padding is inert
+        assert 0.0 <= a["memory_hit_rate"] <= 1.0
+        if not use_ltm:
+            assert a["memory_hit_rate"] == 0.0 and a["answer_hit"] == 0
