@@ -31,8 +31,9 @@ class ModelConfig:
     n_layer: int = 14
     n_head: int = 8
     n_embd: int = 512
-    window: int = 128               # sliding-window STM: token t sees t-window+1 .. t
-    chunk_size: int = 64            # the brief's stride: each chunk attends to itself and the previous chunk
+    window: int = 128               # sliding-window STM: token t sees t-window+1 .. t (exactly, any T)
+    chunk_size: int = 64            # the brief's stride: sequences run chunk by chunk, each against a K/V cache
+                                    # of the previous ceil((window-1)/chunk_size) chunks (2 here), banded mask
     rope_base: float = 10_000.0
     dropout: float = 0.0
     # Long-term memory. Only use_ltm differs between the two arms.
@@ -48,13 +49,17 @@ class ModelConfig:
         return self.ltm_layer % self.n_layer
 
     def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if self.window != 2 * self.chunk_size:
-            raise ValueError(
-                f"window={self.window} must be 2 x chunk_size={self.chunk_size}: each chunk attends to itself "
-                "and the previous chunk, which is exactly a sliding window of 2 x chunk_size - 1 earlier tokens"
-            )
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"ModelConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
+                             "into an even head size (RoPE rotates pairs of dimensions)")
+        if self.window < 1 or self.chunk_size < 1:
+            raise ValueError(f"ModelConfig: window={self.window} and chunk_size={self.chunk_size} must be >= 1")
+        if not -self.n_layer <= self.ltm_layer < self.n_layer:
+            raise ValueError(f"ModelConfig: ltm_layer={self.ltm_layer} must name one of the {self.n_layer} layers "
+                             f"(0..{self.n_layer - 1}, or negative from the end)")
+        if self.ltm_capacity < 1 or self.ltm_score_temperature <= 0:
+            raise ValueError(f"ModelConfig: ltm_capacity={self.ltm_capacity} must be >= 1 and "
+                             f"ltm_score_temperature={self.ltm_score_temperature} > 0")
 
 
 @dataclass

@@ -1,0 +1,422 @@
+"""RevenaLM: the one transformer behind both arms (``GPT-70M`` baseline and ``RevenaHybridTiny-70M`` with LTM).
+
+Short-term memory (STM): causal attention over a sliding window of ``cfg.window`` tokens (token t sees
+t-window+1 .. t), with RoPE so the window can slide over sequences of any length. Sequences are processed in
+chunks of ``cfg.chunk_size`` tokens; each chunk's queries attend to the chunk itself and to a per-layer K/V
+cache of the preceding ``window`` tokens, under a banded mask. Because window = 2 x chunk_size, a chunk's
+first token reaches back 127 tokens into the chunk before last, so the cache holds the previous two chunks;
+the banded mask makes the result exactly a sliding window (tests/test_model.py checks it against a naive
+full-sequence reference).
+
+Long-term memory (LTM, only when ``cfg.use_ltm``): one FIFO ring buffer of ``ltm_capacity`` entries per
+sequence, owned by attention layer ``cfg.memory_layer_index``. After the whole model has run on a chunk, the
+chunk's tokens whose surprisal (-log2 p of the observed token under the model's own previous-position
+prediction) is strictly above ``ltm_write_threshold_bits`` are written (detached): that layer's key (before
+RoPE, unit-normalised) and value per head, plus token id, position and surprisal. In later chunks, each query
+of that layer (before RoPE) is compared by cosine with the stored keys, per head; entries with cosine strictly
+above ``ltm_similarity_threshold`` are hits, their values are averaged with softmax(cosine / temperature)
+weights restricted to the hits and added to the head's attention output through a learned gate
+sigmoid(ltm_gate_logit[h]). No hit -> exactly zero contribution. Both arms run the same chunked code path;
+only the memory differs, and the gate (n_head scalars) is the LTM arm's only extra parameter.
+
+    from revena_lib.model import RevenaLM; from revena_lib.config import get_preset
+    out = RevenaLM(get_preset("smoke").model).forward(idx, targets)  # out.logits (B,T,V), out.loss, out.stats
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from revena_lib.config import ModelConfig
+
+LN2 = math.log(2.0)
+TOP_HITS = 4              # K of MemoryTrace.top_hit_*
+GATE_INIT_LOGIT = -2.0    # sigmoid(-2) = 0.12: the memory starts as a small, non-zero nudge the model can grow
+
+
+class ModelError(ValueError):
+    pass
+
+
+@dataclass
+class MemoryTrace:
+    """What the LTM did on one forward call (all CPU tensors); only built when ``introspect=True``."""
+    surprisal_bits: torch.Tensor       # (B, T) float
+    routed: torch.Tensor               # (B, T) bool: surprisal > write threshold (position 0 never)
+    hit_count: torch.Tensor            # (B, T) long: distinct entries hit by any head
+    top_hit_positions: torch.Tensor    # (B, T, K) long, -1 = none
+    top_hit_tokens: torch.Tensor       # (B, T, K) long, -1 = none
+    top_hit_cosines: torch.Tensor      # (B, T, K) float, max over heads, sorted desc; 0.0 where position is -1
+    occupancy: torch.Tensor            # (B, n_chunks) long: entries stored after each chunk's write
+    evictions: torch.Tensor            # (B, n_chunks) long: entries pushed out by FIFO during that chunk's write
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor                      # (B, T, V)
+    loss: torch.Tensor | None                 # scalar mean cross-entropy in nats, or None without targets
+    surprisal_bits: torch.Tensor              # (B, T) detached float32; 0.0 at position 0
+    stats: dict[str, float] = field(default_factory=dict)
+    trace: MemoryTrace | None = None
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (T, head_dim) for the rotate-half RoPE convention, in float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]   # (T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)              # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by the per-position angles; done in float32, returned in x's dtype."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def cache_chunks(cfg: ModelConfig) -> int:
+    """How many previous chunks a chunk's queries need so every token sees exactly its window."""
+    return max(0, math.ceil((cfg.window - 1) / cfg.chunk_size))
+
+
+def chunk_masks(n_chunks: int, cfg: ModelConfig, device) -> torch.Tensor:
+    """Boolean (n_chunks, chunk, (P+1)*chunk) masks: True = query i of chunk n may attend key j.
+
+    Keys are [P cached chunks, the chunk itself]; key j of chunk n sits at position (n-P)*chunk + j.
+    Allowed: causal (key <= query), inside the window (query - key < window), and a real position (>= 0).
+    """
+    c, p = cfg.chunk_size, cache_chunks(cfg)
+    q_pos = torch.arange(n_chunks, device=device)[:, None, None] * c + torch.arange(c, device=device)[None, :, None]
+    k_pos = (torch.arange(n_chunks, device=device)[:, None, None] - p) * c + torch.arange((p + 1) * c, device=device)[None, None, :]
+    return (k_pos <= q_pos) & (q_pos - k_pos < cfg.window) & (k_pos >= 0)   # (N, c, (P+1)c)
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Parameters of RevenaLM(cfg) computed from the config alone (tests check it equals num_parameters())."""
+    c = cfg.n_embd
+    per_layer = 2 * (2 * c) + 3 * c * c + c * c + 4 * c * c + 4 * c * c   # 2 LayerNorms, qkv, proj, MLP in+out
+    total = cfg.vocab_size * c + cfg.n_layer * per_layer + 2 * c           # tied embedding, final LayerNorm
+    return total + (cfg.n_head if cfg.use_ltm else 0)                      # LTM gate: one scalar per head
+
+
+# ----------------------------------------------------------------------------------------------- modules
+
+class Attention(nn.Module):
+    """Multi-head self-attention, split into projection and attention so the model can run them chunk-wise."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def project(self, x: torch.Tensor):
+        """q, k, v of shape (B, H, T, D), before RoPE."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        shape = (B, T, self.n_head, self.head_dim)
+        return (q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2))
+
+    def attend(self, q, k, v, mask):
+        """SDPA with a boolean mask; q (..., Lq, D), k/v (..., Lk, D), mask broadcastable to (..., Lq, Lk)."""
+        v = v.to(q.dtype)
+        k = k.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                              dropout_p=self.dropout if self.training else 0.0)
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, D) head outputs -> (B, T, C) after the output projection."""
+        B, H, T, D = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, H * D)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. Its attention runs in one of two chunked ways (same maths, same mask):
+    ``forward_all`` processes every chunk at once (each with its P predecessors as keys),
+    ``forward_chunk`` processes one chunk against a K/V cache of the previous P chunks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def stm_all(self, x, cos, sin, masks, chunk: int, p: int):
+        """STM attention for all chunks of a padded sequence. x (B, N*c, C) -> head outputs (B, H, N*c, D),
+        plus q, k, v before RoPE (the memory layer needs them)."""
+        q, k, v = self.attn.project(self.ln_1(x))                       # (B, H, Tp, D)
+        qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        B, H, Tp, D = q.shape
+        n = Tp // chunk
+        qc = qr.reshape(B * H, n, chunk, D)
+        # keys of chunk i: chunks i-P .. i (zeros before the sequence start; the mask hides them)
+        kp = F.pad(kr.reshape(B * H, n, chunk, D), (0, 0, 0, 0, p, 0))  # (BH, P+N, c, D)
+        vp = F.pad(v.reshape(B * H, n, chunk, D), (0, 0, 0, 0, p, 0))
+        keys = torch.cat([kp[:, i:i + n] for i in range(p + 1)], dim=2)   # (BH, N, (P+1)c, D)
+        vals = torch.cat([vp[:, i:i + n] for i in range(p + 1)], dim=2)
+        y = self.attn.attend(qc, keys, vals, masks)                     # (BH, N, c, D)
+        return y.reshape(B, H, Tp, D), q, k, v
+
+    def forward_all(self, x, cos, sin, masks, chunk: int, p: int):
+        y, _, _, _ = self.stm_all(x, cos, sin, masks, chunk, p)
+        x = x + self.attn.merge(y)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_chunk(self, x, cos, sin, mask, cache):
+        """One chunk x (B, L, C) at its positions (cos/sin (L, D)); cache = (k, v) of the previous P*chunk
+        positions (B, H, P*c, D), after RoPE. Returns the new x and the new cache."""
+        q, k, v = self.attn.project(self.ln_1(x))
+        qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keys = torch.cat([cache[0], kr], dim=2)                          # (B, H, P*c + L, D)
+        vals = torch.cat([cache[1], v], dim=2)
+        y = self.attn.attend(qr, keys, vals, mask)                       # (B, H, L, D)
+        x = x + self.attn.merge(y)
+        x = x + self.mlp(self.ln_2(x))
+        keep = cache[0].shape[2]
+        return x, (keys[:, :, keys.shape[2] - keep:], vals[:, :, vals.shape[2] - keep:])
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+class LongTermMemory:
+    """Per-forward FIFO memory of ``capacity`` entries per batch row (a ring buffer with a write counter).
+
+    Tensors have capacity + 1 slots: tokens that are not written are scattered into the extra "trash" slot,
+    which keeps the write a single vectorised scatter with no data-dependent shapes; reads ignore it.
+    Updates are out of place because earlier reads saved the old tensors for the backward pass.
+    """
+
+    def __init__(self, batch: int, n_head: int, head_dim: int, capacity: int, device):
+        s = capacity
+        self.capacity = s
+        self.keys = torch.zeros(batch, n_head, s + 1, head_dim, device=device)       # unit keys, float32
+        self.values = torch.zeros(batch, n_head, s + 1, head_dim, device=device)     # float32
+        self.positions = torch.full((batch, s + 1), -1, dtype=torch.long, device=device)
+        self.tokens = torch.full((batch, s + 1), -1, dtype=torch.long, device=device)
+        self.surprisal_bits = torch.zeros(batch, s + 1, device=device)
+        self.written = torch.zeros(batch, dtype=torch.long, device=device)           # total writes so far
+
+    def occupancy(self) -> torch.Tensor:
+        return self.written.clamp(max=self.capacity)                                  # (B,)
+
+    def write(self, routed, unit_keys, values, positions, tokens, surprisal_bits):
+        """Append the routed tokens of one chunk in order; evict oldest first. Returns evictions (B,).
+
+        routed (B, L) bool; unit_keys/values (B, H, L, D); positions/tokens (B, L) long; surprisal_bits (B, L).
+        If more than ``capacity`` tokens qualify, only the latest ``capacity`` survive (what FIFO would keep).
+        """
+        s = self.capacity
+        order = routed.long().cumsum(dim=1)                      # (B, L) 1-based rank among routed tokens
+        n_routed = order[:, -1:]                                 # (B, 1) a chunk is never empty
+        skipped = (n_routed - s).clamp(min=0)                    # qualifying tokens overwritten within this chunk
+        keep = routed & (order > skipped)
+        slot = torch.where(keep, (self.written[:, None] + order - 1) % s, torch.full_like(order, s))   # (B, L)
+        B, H, L, D = unit_keys.shape
+        slot4 = slot[:, None, :, None].expand(B, H, L, D)
+        self.keys = self.keys.scatter(2, slot4, unit_keys.detach().float())
+        self.values = self.values.scatter(2, slot4, values.detach().float())
+        self.positions = self.positions.scatter(1, slot, positions)
+        self.tokens = self.tokens.scatter(1, slot, tokens)
+        self.surprisal_bits = self.surprisal_bits.scatter(1, slot, surprisal_bits.float())
+        n = n_routed[:, 0]
+        evictions = (self.occupancy() + n - s).clamp(min=0)
+        self.written = self.written + n
+        return evictions
+
+    def read(self, unit_queries, threshold: float, temperature: float, want_trace: bool):
+        """Hit-restricted softmax read for one chunk. unit_queries (B, H, L, D) float32.
+
+        Returns (out (B, H, L, D) float32, exactly 0 where a query has no hit; hit_any (B, L) bool; trace
+        pieces or None). Entries only exist from earlier chunks, because writes happen after a chunk's read.
+        """
+        s = self.capacity
+        keys, values = self.keys[:, :, :s], self.values[:, :, :s]            # drop the trash slot
+        valid = (self.positions[:, :s] >= 0)[:, None, None, :]              # (B, 1, 1, S)
+        cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
+        hit = (cos > threshold) & valid
+        scores = cos / temperature
+        # softmax over the hits only: shift by the (detached) best hit score, exp(-inf) = 0 elsewhere, so a
+        # query without hits gets all-zero weights (and finite, zero gradients) instead of NaN
+        shift = torch.where(hit, scores, torch.full_like(scores, -torch.inf)).amax(-1, keepdim=True)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift)).detach()
+        weights = torch.exp(torch.where(hit, scores - shift, torch.full_like(scores, -torch.inf)))
+        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
+        out = weights @ values                                               # (B, H, L, D)
+        hit_entry = hit.any(dim=1)                                           # (B, L, S) hit by any head
+        hit_any = hit_entry.any(dim=-1)                                      # (B, L)
+        trace = None
+        if want_trace:
+            best = torch.where(hit_entry, cos.detach().amax(dim=1), torch.full_like(hit_entry, -torch.inf, dtype=cos.dtype))
+            k = min(TOP_HITS, s)
+            top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
+            found = torch.isfinite(top_cos)
+            pos = torch.where(found, self.positions[:, :s].gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
+            tok = torch.where(found, self.tokens[:, :s].gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
+            top_cos = torch.where(found, top_cos, torch.zeros_like(top_cos))
+            if k < TOP_HITS:   # capacity below K: pad so the trace always has K columns
+                pad = TOP_HITS - k
+                pos, tok = F.pad(pos, (0, pad), value=-1), F.pad(tok, (0, pad), value=-1)
+                top_cos = F.pad(top_cos, (0, pad), value=0.0)
+            trace = (hit_entry.sum(-1), pos, tok, top_cos)
+        return out, hit_any, trace
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+class RevenaLM(nn.Module):
+    """GPT-2-vocabulary transformer with a sliding-window STM and, when ``cfg.use_ltm``, a surprisal-routed LTM."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight   # tied embeddings
+        # The LTM arm's only extra parameters: one gate logit per head of the memory layer.
+        self.ltm_gate_logit = nn.Parameter(torch.full((cfg.n_head,), GATE_INIT_LOGIT)) if cfg.use_ltm else None
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance stays put
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, introspect=False, memory_read=True) -> ModelOutput:
+        cfg = self.cfg
+        if idx.dim() != 2 or idx.shape[1] < 1:
+            raise ModelError(f"RevenaLM.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
+        if targets is not None and targets.shape != idx.shape:
+            raise ModelError(f"RevenaLM.forward: targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        device = idx.device
+        c, p = cfg.chunk_size, cache_chunks(cfg)
+        n_chunks = -(-T // c)
+        Tp = n_chunks * c
+        H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+        L = cfg.memory_layer_index
+        use_ltm = cfg.use_ltm
+
+        cos, sin = rope_tables(torch.arange(Tp, device=device), D, cfg.rope_base)   # (Tp, D)
+        masks = chunk_masks(n_chunks, cfg, device)                                   # (N, c, (P+1)c)
+
+        # Layers below the memory layer (and the memory layer's STM attention) never depend on the memory,
+        # so they run on all chunks at once; the same chunk masks make this identical to a chunk loop.
+        x = self.drop(self.wte(idx))                                                 # (B, T, C)
+        x = F.pad(x, (0, 0, 0, Tp - T))                                              # (B, Tp, C)
+        for block in self.blocks[:L]:
+            x = block.forward_all(x, cos, sin, masks, c, p)
+        mem_block = self.blocks[L]
+        y_stm, q_raw, k_raw, v_raw = mem_block.stm_all(x, cos, sin, masks, c, p)    # (B, H, Tp, D) each
+
+        memory = None
+        if use_ltm:
+            memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device)
+            with torch.autocast(device_type=device.type, enabled=False):
+                unit_q = F.normalize(q_raw.float(), dim=-1)                          # (B, H, Tp, D)
+                unit_k = F.normalize(k_raw.float(), dim=-1)
+            gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
+            positions = torch.arange(T, device=device).expand(B, T)
+            routed_all = torch.zeros(B, T, dtype=torch.bool, device=device)
+            hit_all = torch.zeros(B, T, dtype=torch.bool, device=device)
+            if introspect:
+                hit_count = torch.zeros(B, T, dtype=torch.long, device=device)
+                top_pos = torch.full((B, T, TOP_HITS), -1, dtype=torch.long, device=device)
+                top_tok = torch.full((B, T, TOP_HITS), -1, dtype=torch.long, device=device)
+                top_cos = torch.zeros(B, T, TOP_HITS, device=device)
+                occupancy = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
+                evictions = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
+
+        upper = self.blocks[L + 1:]
+        caches = [(torch.zeros(B, H, p * c, D, device=device, dtype=v_raw.dtype),) * 2 for _ in upper]
+        surprisal = torch.zeros(B, T, device=device)        # bits; position 0 stays 0.0
+        logits = None
+        nll_sum = torch.zeros((), device=device)
+        n_targets = torch.zeros((), device=device)
+
+        for ci in range(n_chunks):
+            s, e = ci * c, min((ci + 1) * c, T)
+            y = y_stm[:, :, s:e]                                                     # (B, H, l, D)
+            if use_ltm and memory_read:
+                with torch.autocast(device_type=device.type, enabled=False):
+                    read, hit_any, tr = memory.read(unit_q[:, :, s:e], cfg.ltm_similarity_threshold,
+                                                    cfg.ltm_score_temperature, introspect)
+                    y = (y.float() + gate * read).to(y.dtype)   # no hit: read is exactly 0
+                hit_all[:, s:e] = hit_any
+                if introspect:
+                    hit_count[:, s:e], top_pos[:, s:e], top_tok[:, s:e], top_cos[:, s:e] = tr
+            xc = x[:, s:e] + mem_block.attn.merge(y)
+            xc = xc + mem_block.mlp(mem_block.ln_2(xc))
+            for j, block in enumerate(upper):
+                xc, caches[j] = block.forward_chunk(xc, cos[s:e], sin[s:e], masks[ci, :e - s, :p * c + e - s], caches[j])
+            logits_c = self.lm_head(self.ln_f(xc))                                   # (B, l, V)
+            if logits is None:
+                logits = torch.empty(B, T, cfg.vocab_size, device=device, dtype=logits_c.dtype)
+            logits[:, s:e] = logits_c
+            logp = F.log_softmax(logits_c.float(), dim=-1)                           # (B, l, V), the one softmax
+            # surprisal of the next tokens s+1 .. e (the last one belongs to the next chunk)
+            nxt = idx[:, s + 1:e + 1]                                                # (B, l or l-1)
+            surprisal[:, s + 1:e + 1] = -logp.detach()[:, :nxt.shape[1]].gather(-1, nxt[..., None])[..., 0] / LN2
+            if targets is not None:
+                tgt = targets[:, s:e]
+                ok = tgt >= 0
+                nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]          # (B, l)
+                nll_sum = nll_sum + torch.where(ok, nll, torch.zeros_like(nll)).sum()
+                n_targets = n_targets + ok.sum()
+            if use_ltm:
+                surp_c = surprisal[:, s:e]
+                routed = (surp_c > cfg.ltm_write_threshold_bits) & (positions[:, s:e] > 0)
+                routed_all[:, s:e] = routed
+                ev = memory.write(routed, unit_k[:, :, s:e], v_raw[:, :, s:e], positions[:, s:e], idx[:, s:e], surp_c)
+                if introspect:
+                    occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
+
+        loss = nll_sum / n_targets if targets is not None else None
+        stats = {"routed_token_ratio": 0.0, "avg_surprisal_routed": 0.0, "ltm_hit_rate": 0.0}
+        trace = None
+        if use_ltm:
+            n_routed = routed_all.sum()
+            routed_surprisal = torch.where(routed_all, surprisal, torch.zeros_like(surprisal)).sum()
+            vals = torch.stack([n_routed.float(), routed_surprisal, hit_all.sum().float()]).tolist()  # one sync
+            stats = {"routed_token_ratio": vals[0] / max(B * (T - 1), 1),
+                     "avg_surprisal_routed": vals[1] / vals[0] if vals[0] else 0.0,
+                     "ltm_hit_rate": vals[2] / (B * T)}
+            if introspect:
+                trace = MemoryTrace(surprisal.cpu(), routed_all.cpu(), hit_count.cpu(), top_pos.cpu(),
+                                    top_tok.cpu(), top_cos.cpu(), occupancy.cpu(), evictions.cpu())
+        return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats=stats, trace=trace)

@@ -1,0 +1,363 @@
+"""RevenaLM: sliding-window STM (checked against a naive one-pass reference), causality, the LTM's write/read
+rules and invariants, surprisal, stats, determinism, save/reload, bf16 autocast. Tiny configs, CPU, seconds."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from revena_lib.config import ModelConfig, get_preset
+from revena_lib.model import LongTermMemory, ModelError, RevenaLM, parameter_count
+
+V = 512   # a small vocabulary keeps the tests fast; the model code is vocabulary-agnostic
+
+
+def tiny(**overrides) -> ModelConfig:
+    settings = dict(n_layer=2, n_embd=32, n_head=2, window=16, chunk_size=8, vocab_size=V)
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def build(seed=0, **overrides) -> RevenaLM:
+    torch.manual_seed(seed)
+    return RevenaLM(tiny(**overrides)).eval()
+
+
+def tokens(batch, length, seed=1):
+    return torch.randint(0, V, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------- a naive reference model
+
+def reference_logits(model: RevenaLM, idx: torch.Tensor) -> torch.Tensor:
+    """Full-sequence forward pass with an explicit banded mask (s <= t and t - s < window), written
+    independently of the model's chunking: RoPE via complex rotation, attention via an explicit softmax."""
+    cfg = model.cfg
+    B, T = idx.shape
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    pos = torch.arange(T)
+    allowed = (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < cfg.window)   # (T, T)
+    freqs = 1.0 / cfg.rope_base ** (torch.arange(D // 2, dtype=torch.float64) * 2 / D)
+    rot = torch.polar(torch.ones(T, D // 2, dtype=torch.float64), pos[:, None].double() * freqs[None, :])
+
+    def rope(x):  # (B, H, T, D): dims i and i + D/2 form one complex number
+        z = torch.complex(x[..., :D // 2].double(), x[..., D // 2:].double()) * rot
+        return torch.cat([z.real, z.imag], dim=-1).float()
+
+    x = model.wte.weight[idx]
+    for blk in model.blocks:
+        h = F.layer_norm(x, (cfg.n_embd,), blk.ln_1.weight, blk.ln_1.bias)
+        q, k, v = (h @ blk.attn.c_attn.weight.T).split(cfg.n_embd, dim=-1)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(D)
+        att = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, cfg.n_embd)
+        x = x + y @ blk.attn.c_proj.weight.T
+        h = F.layer_norm(x, (cfg.n_embd,), blk.ln_2.weight, blk.ln_2.bias)
+        x = x + F.gelu(h @ blk.mlp.c_fc.weight.T) @ blk.mlp.c_proj.weight.T
+    x = F.layer_norm(x, (cfg.n_embd,), model.ln_f.weight, model.ln_f.bias)
+    return x @ model.wte.weight.T
+
+
+@pytest.mark.parametrize("T", [1, 7, 8, 16, 37, 64])
+@pytest.mark.parametrize("ltm_layer", [-1, 0])
+def test_chunked_attention_equals_one_pass_banded_reference(T, ltm_layer):
+    model = build(n_layer=3, ltm_layer=ltm_layer)
+    idx = tokens(2, T)
+    with torch.no_grad():
+        got = model(idx).logits
+        want = reference_logits(model, idx)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_ltm_arm_without_reads_equals_reference():
+    model = build(n_layer=3, use_ltm=True, ltm_similarity_threshold=-1.0, ltm_write_threshold_bits=0.0)
+    idx = tokens(2, 45)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx, memory_read=False).logits, reference_logits(model, idx),
+                                   atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window,chunk", [(16, 8), (12, 8), (8, 8), (20, 6)])
+def test_window_other_geometries_equal_reference(window, chunk):
+    model = build(window=window, chunk_size=chunk)
+    idx = tokens(1, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx).logits, reference_logits(model, idx), atol=2e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- STM: causality and window
+
+@pytest.mark.parametrize("use_ltm", [False, True])
+def test_causality_later_tokens_never_change_earlier_logits(use_ltm):
+    # similarity -1: every stored entry is a hit, so the memory path is fully exercised
+    model = build(use_ltm=use_ltm, ltm_similarity_threshold=-1.0, ltm_write_threshold_bits=0.0)
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        base = model(idx).logits
+        for t in (0, 7, 8, 9, 23, 39):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % V
+            out = model(changed).logits
+            assert torch.equal(out[:, :t], base[:, :t]), f"logits before {t} changed"
+            assert not torch.allclose(out[:, t], base[:, t]), f"the changed token {t} had no effect on itself"
+
+
+def test_window_token_beyond_window_never_matters_and_inside_does():
+    # one layer: a token's receptive field is exactly its attention window (deeper models see further)
+    model = build(n_layer=1)
+    W = model.cfg.window
+    idx = tokens(1, 48)
+    with torch.no_grad():
+        base = model(idx).logits[0]
+        for u in (0, 5, 8, 13, 20):
+            changed = idx.clone()
+            changed[0, u] = (changed[0, u] + 1) % V
+            out = model(changed).logits[0]
+            differs = (out - base).abs().amax(-1) > 0                    # (T,)
+            t = torch.arange(48)
+            assert torch.equal(differs, (t >= u) & (t - u <= W - 1)), f"changed token {u}"
+
+
+# ------------------------------------------------------------------------------- loss, surprisal, stats
+
+@pytest.mark.parametrize("use_ltm", [False, True])
+def test_loss_is_mean_cross_entropy_ignoring_minus_one(use_ltm):
+    model = build(use_ltm=use_ltm, ltm_similarity_threshold=0.0)
+    idx = tokens(2, 30)
+    targets = idx.roll(-1, dims=1)
+    targets[:, -1] = -1
+    targets[0, 3] = -1
+    out = model(idx, targets)
+    want = F.cross_entropy(out.logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+    torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+    assert model(idx).loss is None
+
+
+@pytest.mark.parametrize("use_ltm", [False, True])
+def test_surprisal_equals_minus_log2_softmax_of_previous_logits(use_ltm):
+    model = build(use_ltm=use_ltm, ltm_similarity_threshold=0.0)
+    idx = tokens(3, 29)
+    with torch.no_grad():
+        out = model(idx)
+    p = torch.softmax(out.logits.double(), dim=-1)
+    want = -torch.log2(p[:, :-1].gather(-1, idx[:, 1:, None])[..., 0])
+    assert out.surprisal_bits.shape == (3, 29) and not out.surprisal_bits.requires_grad
+    assert torch.all(out.surprisal_bits[:, 0] == 0.0)
+    torch.testing.assert_close(out.surprisal_bits[:, 1:].double(), want, atol=1e-4, rtol=1e-5)
+
+
+def test_stats_match_the_trace():
+    model = build(use_ltm=True, ltm_similarity_threshold=0.0, ltm_write_threshold_bits=9.0)   # log2(512) = 9: about half
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        out = model(idx, introspect=True)
+    tr = out.trace
+    assert torch.equal(tr.routed[:, 1:], tr.surprisal_bits[:, 1:] > 9.0) and not tr.routed[:, 0].any()
+    assert 0 < tr.routed.sum() < tr.routed[:, 1:].numel(), "pick a threshold that routes some tokens"
+    assert out.stats["routed_token_ratio"] == pytest.approx(tr.routed.sum().item() / (2 * 39))
+    assert out.stats["avg_surprisal_routed"] == pytest.approx(tr.surprisal_bits[tr.routed].mean().item(), rel=1e-5)
+    assert out.stats["ltm_hit_rate"] == pytest.approx((tr.hit_count > 0).float().mean().item())
+    assert all(isinstance(v, float) for v in out.stats.values())
+
+
+def test_baseline_has_zero_stats_and_no_trace():
+    out = build()(tokens(1, 20), introspect=True)
+    assert out.stats == {"routed_token_ratio": 0.0, "avg_surprisal_routed": 0.0, "ltm_hit_rate": 0.0}
+    assert out.trace is None
+    assert build(use_ltm=True)(tokens(1, 20)).trace is None   # trace only when asked
+
+
+# ------------------------------------------------------------------------------- LTM write rules
+
+def test_strict_write_threshold():
+    # similarity 2.0: no read ever hits, so surprisals do not depend on the threshold being tested
+    model = build(use_ltm=True, ltm_similarity_threshold=2.0)
+    idx = tokens(1, 30)
+    with torch.no_grad():
+        surprisal = model(idx, introspect=True).trace.surprisal_bits[0]
+    t = 11
+    model.cfg.ltm_write_threshold_bits = float(surprisal[t])      # exactly at token t's surprisal
+    with torch.no_grad():
+        tr = model(idx, introspect=True).trace
+    assert not tr.routed[0, t], "a token exactly at the threshold must not be written"
+    assert torch.equal(tr.routed[0, 1:], surprisal[1:] > surprisal[t])
+    assert tr.occupancy[0, -1] == tr.routed.sum()
+
+
+def _write_chunks(capacity, routed_chunks):
+    """Feed crafted routed masks to a 1-row memory; positions are global token indices."""
+    mem = LongTermMemory(batch=1, n_head=2, head_dim=4, capacity=capacity, device="cpu")
+    start, evictions = 0, []
+    for routed in routed_chunks:
+        n = len(routed)
+        pos = torch.arange(start, start + n)[None]
+        keys = F.normalize(torch.randn(1, 2, n, 4), dim=-1)
+        evictions.append(int(mem.write(torch.tensor([routed]), keys, torch.randn(1, 2, n, 4), pos, pos + 1000,
+                                       torch.full((1, n), 9.0))[0]))
+        start += n
+    stored = mem.positions[0, :capacity]
+    return mem, sorted(stored[stored >= 0].tolist()), evictions
+
+
+def test_fifo_keeps_the_latest_entries_and_never_exceeds_capacity():
+    chunks = [[True, False, True, True], [False, True, True, False], [True, True, True, True]]
+    mem, stored, evictions = _write_chunks(5, chunks)
+    routed_positions = [i for i, r in enumerate(sum(chunks, [])) if r]       # 9 routed tokens
+    assert stored == routed_positions[-5:], "FIFO: the oldest entries go first"
+    assert evictions == [0, 0, 4] and int(mem.occupancy()[0]) == 5
+    assert mem.tokens[0, :5].sort().values.tolist() == [p + 1000 for p in routed_positions[-5:]]
+    # ring order: the slot after the newest holds the oldest
+    newest_slot = (int(mem.written[0]) - 1) % 5
+    assert int(mem.positions[0, newest_slot]) == routed_positions[-1]
+    assert int(mem.positions[0, (newest_slot + 1) % 5]) == routed_positions[-5]
+
+
+def test_more_qualifying_tokens_than_capacity_in_one_chunk_keeps_the_latest():
+    mem, stored, evictions = _write_chunks(3, [[True] * 8])
+    assert stored == [5, 6, 7] and evictions == [5]
+    mem, stored, evictions = _write_chunks(3, [[True, False], [True] * 6])
+    assert stored == [5, 6, 7] and evictions == [0, 4]
+
+
+def test_capacity_is_never_exceeded_in_the_model():
+    model = build(use_ltm=True, ltm_capacity=5, ltm_write_threshold_bits=0.0, ltm_similarity_threshold=-1.0)
+    with torch.no_grad():
+        tr = model(tokens(2, 60), introspect=True).trace
+    assert tr.occupancy.max() == 5 and torch.all(tr.hit_count <= 5)
+    assert torch.equal(tr.occupancy[:, -1] + tr.evictions.sum(1), tr.routed.sum(1))
+    # with everything routed and everything hitting, each chunk's queries hit the latest 5 routed tokens
+    assert torch.all(tr.top_hit_positions[:, 8:16, 0] >= 0)
+    assert set(tr.top_hit_positions[0, 40:48].flatten().tolist()) <= set(range(35, 40)) | {-1}
+
+
+# ------------------------------------------------------------------------------- LTM read rules
+
+def test_reads_only_see_earlier_chunks():
+    model = build(use_ltm=True, ltm_similarity_threshold=-1.0, ltm_write_threshold_bits=0.0)
+    c = model.cfg.chunk_size
+    with torch.no_grad():
+        tr = model(tokens(2, 45), introspect=True).trace
+    assert torch.all(tr.hit_count[:, :c] == 0) and torch.all(tr.top_hit_positions[:, :c] == -1)
+    chunk_start = (torch.arange(45) // c * c)[None, :, None]
+    hits = tr.top_hit_positions
+    assert torch.all((hits == -1) | (hits < chunk_start)), "a hit points into the same or a later chunk"
+    assert torch.all(tr.hit_count[:, c:] > 0)
+    cos = tr.top_hit_cosines
+    assert torch.all(cos[..., :-1] >= cos[..., 1:]), "top hits sorted by cosine, descending"
+
+
+def test_no_hit_means_exactly_the_memory_free_output():
+    model = build(use_ltm=True, ltm_similarity_threshold=1.0, ltm_write_threshold_bits=0.0)  # cosine never > 1
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        with_mem = model(idx, introspect=True)
+        without = model(idx, memory_read=False)
+    assert with_mem.trace.hit_count.sum() == 0 and with_mem.stats["ltm_hit_rate"] == 0.0
+    assert with_mem.trace.occupancy[:, -1].min() > 0, "entries were written, just never hit"
+    assert torch.equal(with_mem.logits, without.logits)
+
+
+def test_hits_change_the_output_and_memory_read_false_disables_them():
+    model = build(use_ltm=True, ltm_similarity_threshold=-1.0, ltm_write_threshold_bits=0.0)
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        with_mem, without = model(idx), model(idx, memory_read=False, introspect=True)
+    c = model.cfg.chunk_size
+    assert torch.equal(with_mem.logits[:, :c], without.logits[:, :c])       # chunk 0 has nothing to read
+    assert not torch.allclose(with_mem.logits[:, c:], without.logits[:, c:])
+    assert without.stats["ltm_hit_rate"] == 0.0 and without.stats["routed_token_ratio"] > 0   # writes still happen
+    assert without.trace.occupancy[:, -1].min() > 0
+
+
+def test_memory_is_empty_at_every_call_and_rows_do_not_share_it():
+    model = build(use_ltm=True, ltm_similarity_threshold=-1.0, ltm_write_threshold_bits=0.0)
+    idx = tokens(3, 40)
+    with torch.no_grad():
+        first, second = model(idx, introspect=True), model(idx, introspect=True)
+        assert torch.equal(first.logits, second.logits)
+        assert torch.equal(first.trace.occupancy, second.trace.occupancy)
+        for b in range(3):
+            alone = model(idx[b:b + 1])
+            torch.testing.assert_close(alone.logits[0], first.logits[b], atol=1e-5, rtol=1e-5)
+        other = idx.clone()
+        other[1:] = tokens(2, 40, seed=99)
+        torch.testing.assert_close(model(other).logits[0], first.logits[0], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- gradients, dtype, parameters
+
+def test_gradients_are_finite_and_reach_the_gate():
+    for threshold in (-1.0, 1.0):   # everything hits / nothing hits
+        model = build(use_ltm=True, ltm_similarity_threshold=threshold, ltm_write_threshold_bits=0.0).train()
+        idx = tokens(2, 33)
+        model(idx, idx.roll(-1, 1)).loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        gate_grad = model.ltm_gate_logit.grad.abs().sum()
+        assert (gate_grad > 0) if threshold < 0 else (gate_grad == 0)
+
+
+@pytest.mark.parametrize("use_ltm", [False, True])
+def test_bf16_autocast_runs_and_is_close_to_fp32(use_ltm):
+    model = build(use_ltm=use_ltm, ltm_similarity_threshold=0.0)
+    idx = tokens(2, 40)
+    targets = idx.roll(-1, 1)
+    fp32 = model(idx, targets).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, targets)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - fp32.item()) < 0.05
+    assert out.surprisal_bits.dtype == torch.float32
+
+
+def test_same_seed_same_model_and_outputs():
+    a, b, c = build(seed=5, use_ltm=True), build(seed=5, use_ltm=True), build(seed=6, use_ltm=True)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    idx = tokens(2, 30)
+    with torch.no_grad():
+        assert torch.equal(a(idx).logits, b(idx).logits)
+        assert not torch.equal(a(idx).logits, c(idx).logits)
+
+
+def test_state_dict_round_trip_gives_identical_outputs(tmp_path):
+    model = build(seed=3, use_ltm=True, ltm_similarity_threshold=-1.0)
+    with torch.no_grad():
+        model.ltm_gate_logit.fill_(0.7)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    fresh = build(seed=4, use_ltm=True, ltm_similarity_threshold=-1.0)
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    idx = tokens(2, 30)
+    with torch.no_grad():
+        assert torch.equal(model(idx).logits, fresh(idx).logits)
+    assert fresh.lm_head.weight is fresh.wte.weight, "embedding stays tied after loading"
+
+
+def test_weight_init_is_gpt2_style():
+    model = RevenaLM(ModelConfig(n_layer=4, n_embd=64, n_head=2, use_ltm=True, vocab_size=2048))
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(8), rel=0.1)
+    assert torch.all(model.ltm_gate_logit == -2.0)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(n_layer=3, n_embd=48, n_head=4), dict(vocab_size=1000)])
+def test_parameter_count_formula_and_the_arms_differ_only_by_the_gate(overrides):
+    base, ltm = tiny(**overrides), tiny(use_ltm=True, **overrides)
+    assert RevenaLM(base).num_parameters() == parameter_count(base)
+    assert RevenaLM(ltm).num_parameters() == parameter_count(ltm) == parameter_count(base) + base.n_head
+
+
+def test_paper_preset_is_about_70m_parameters():
+    cfg = get_preset("paper").model
+    assert 65e6 < parameter_count(cfg) < 75e6
+
+
+def test_bad_input_names_the_problem():
+    model = build()
+    with pytest.raises(ModelError, match="idx"):
+        model(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ModelError, match="targets"):
+        model(tokens(1, 5), targets=tokens(1, 4))
+    with pytest.raises(ValueError, match="ltm_layer"):
+        tiny(ltm_layer=2)
