@@ -129,7 +129,7 @@ def document_nll(model, docs: list[dict], device: torch.device, progress: bool =
     nll_bits, hit_tokens, routed_tokens, routed_surprisal, predicted = [], 0.0, 0.0, 0.0, 0
     iterator = docs
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text bar: no widget left behind in executed notebooks
         iterator = tqdm(docs, desc="  documents", leave=False)
     for doc in iterator:
         idx = torch.as_tensor(doc["tokens"], dtype=torch.long, device=device)[None]   # (1, L)

@@ -41,7 +41,7 @@ def _error(value: float, lo: float, hi: float) -> tuple[float, float]:
     return (0.0 if not np.isfinite(below) else max(below, 0.0)), (0.0 if not np.isfinite(above) else max(above, 0.0))
 
 
-def _diff_text(results: dict, key: str, fmt: str = "{:+.3f}") -> str:
+def _diff_text(results: dict, key: str, fmt: str = "{:+.3g}") -> str:
     diff = results.get("with_ltm", {}).get("vs_baseline", {}).get(key)
     if not diff:
         return ""
