@@ -212,29 +212,59 @@ def _missing_arm_message(arm: str, trained_root: Path, preset: str) -> str:
             f"`python -m revena_lib.train --preset {preset} {flag}` (or run notebooks/03_train.ipynb)")
 
 
+def _check_arms_match(runs: dict) -> None:
+    """Both arms must share every model setting except use_ltm, or the comparison means nothing."""
+    from revena_lib.checkpoint import read_config
+
+    reference = None
+    for arm in ARMS:
+        for run_dir in runs[arm]:
+            config = read_config(run_dir)
+            model = {k: v for k, v in config.get("model", {}).items() if k != "use_ltm"}
+            if reference is None:
+                reference = (run_dir, config.get("preset"), model)
+                continue
+            ref_dir, ref_preset, ref_model = reference
+            if model != ref_model or config.get("preset") != ref_preset:
+                diff = sorted(k for k in set(model) | set(ref_model) if model.get(k) != ref_model.get(k))
+                raise EvalError(
+                    f"{run_dir} (preset {config.get('preset')!r}) and {ref_dir} (preset {ref_preset!r}) were trained "
+                    f"with different settings{' (' + ', '.join(diff) + ')' if diff else ''}: both arms must differ only "
+                    "in the LTM. Retrain one arm with the other's --preset (python -m revena_lib.train --preset P "
+                    "--baseline / --with-ltm --force)")
+
+
 def _float_dict(d: dict) -> dict:
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in d.items()}
 
 
 def evaluate(preset="smoke", data_dir=None, trained_root=None, results_dir=None, device=None,
              progress=True) -> dict:
-    """Evaluate every finished seed of both arms; write ``results.json`` (+ ``results_details.json``); return the results dict."""
-    from revena_lib.checkpoint import load_model
+    """Evaluate every finished seed of both arms; write ``results.json`` (+ ``results_details.json``); return the results dict.
+
+    ``preset``: whose EvalConfig to use (documents, recall distances/items, throughput tokens); a name, a
+    ``Preset``, or None for the preset the runs were trained with. Both arms must have been trained with
+    the same model settings (apart from the LTM) or an EvalError says which runs differ.
+    """
+    from revena_lib.checkpoint import load_model, read_config
     from revena_lib.data import load_split
     from revena_lib.device import autocast_dtype, dtype_name, select_device
     from revena_lib.train import find_runs
 
-    preset_obj = get_preset(preset) if isinstance(preset, str) else preset
-    ecfg = preset_obj.eval
     trained_root = Path(trained_root) if trained_root else default_trained_dir()
     results_path = Path(results_dir) if results_dir else default_results_dir()
-    device = select_device(device)
-
     runs = {}
     for arm in ARMS:
         runs[arm] = find_runs(arm, root=trained_root)
         if not runs[arm]:
-            raise EvalError(_missing_arm_message(arm, trained_root, preset_obj.name))
+            name = preset if isinstance(preset, str) else getattr(preset, "name", "cpu")
+            raise EvalError(_missing_arm_message(arm, trained_root, name or "cpu"))
+    _check_arms_match(runs)
+    if preset is None:  # the preset both arms were trained with
+        preset = read_config(runs["with_ltm"][0]).get("preset") or "cpu"
+    preset_obj = get_preset(preset) if isinstance(preset, str) else preset
+    ecfg = preset_obj.eval
+    device = select_device(device)
 
     val = load_split("val", data_dir=data_dir)
     docs = evaluation_documents(val, ecfg.max_docs, ecfg.max_tokens_per_doc)
@@ -419,8 +449,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m revena_lib.evaluate", description=(
         "Evaluate trained/baseline/ and trained/with_ltm/ (every finished seed) on data/val.bin and write "
         "results/results.json: bpc, long_range_recall, memory_hit_rate, tokens_per_sec per arm, plus extras."))
-    parser.add_argument("--preset", default="smoke", help="evaluation settings preset: smoke, cpu or paper (default smoke)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: CUDA if available)")
+    parser.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"],
+                        help="evaluation settings (documents, recall distances, items); default: the preset the "
+                             "trained runs used")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
+                        help="default: CUDA if available, else the CPU")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     from revena_lib.checkpoint import CheckpointError

@@ -150,3 +150,15 @@ def test_plots_from_results(results, tmp_path):
     assert "<html>" in page and 'src="https://cdn.plot.ly' not in page and len(page) > 1_000_000  # plotly.js inlined
     fig = results_plotly(results)
     assert len(fig.data) >= 3
+
+
+def test_arms_trained_differently_are_refused(trained_home, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    config_path = home / "trained" / "baseline" / "seed-1337" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["n_embd"] = 64
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("REVENA_HOME", str(home))
+    with pytest.raises(EvalError, match=r"n_embd.*differ only in the LTM"):
+        evaluate(None, device="cpu", progress=False)
