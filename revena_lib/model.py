@@ -68,19 +68,17 @@ class ModelOutput:
 # ----------------------------------------------------------------------------------------------- helpers
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, head_dim) for the rotate-half RoPE convention, in float32."""
+    """cos and signed sin of shape (T, head_dim), float32, for the rotate-half RoPE convention:
+    dimension i pairs with i + head_dim/2, so rope(x) = x * cos + roll(x, head_dim/2) * signed_sin."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]   # (T, D/2)
-    angles = torch.cat([angles, angles], dim=-1)              # (T, D)
-    return angles.cos(), angles.sin()
+    angles = positions.float()[:, None] * inv_freq[None, :]   # (T, D/2), angles computed in float32
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by the per-position angles; done in float32, returned in x's dtype."""
-    xf = x.float()
-    half = xf.shape[-1] // 2
-    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
-    return (xf * cos + rotated * sin).to(x.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by the per-position angles, in x's dtype (the tables are cast once by the caller)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def cache_chunks(cfg: ModelConfig) -> int:
@@ -257,19 +255,18 @@ class LongTermMemory:
         valid = (self.positions[:, :s] >= 0)[:, None, None, :]              # (B, 1, 1, S)
         cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
         hit = (cos > threshold) & valid
-        scores = cos / temperature
-        # softmax over the hits only: shift by the (detached) best hit score, exp(-inf) = 0 elsewhere, so a
-        # query without hits gets all-zero weights (and finite, zero gradients) instead of NaN
-        shift = torch.where(hit, scores, torch.full_like(scores, -torch.inf)).amax(-1, keepdim=True)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift)).detach()
-        weights = torch.exp(torch.where(hit, scores - shift, torch.full_like(scores, -torch.inf)))
+        # softmax over the hits only: shift by the (detached) best hit score; exp(-inf) = 0 elsewhere, so a query
+        # without hits gets all-zero weights (and zero, finite gradients) instead of NaN
+        scores = (cos / temperature).masked_fill(~hit, -torch.inf)
+        shift = scores.detach().amax(-1, keepdim=True).clamp(min=-1e4)     # -inf (no hit) -> finite
+        weights = torch.exp(scores - shift)
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
         out = weights @ values                                               # (B, H, L, D)
         hit_entry = hit.any(dim=1)                                           # (B, L, S) hit by any head
         hit_any = hit_entry.any(dim=-1)                                      # (B, L)
         trace = None
         if want_trace:
-            best = torch.where(hit_entry, cos.detach().amax(dim=1), torch.full_like(hit_entry, -torch.inf, dtype=cos.dtype))
+            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, S)
             k = min(TOP_HITS, s)
             top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
             found = torch.isfinite(top_cos)
@@ -333,6 +330,8 @@ class RevenaLM(nn.Module):
         use_ltm = cfg.use_ltm
 
         cos, sin = rope_tables(torch.arange(Tp, device=device), D, cfg.rope_base)   # (Tp, D)
+        if torch.is_autocast_enabled(device.type):   # q and k come out of the linear layers in this dtype
+            cos, sin = (t.to(torch.get_autocast_dtype(device.type)) for t in (cos, sin))
         masks = chunk_masks(n_chunks, cfg, device)                                   # (N, c, (P+1)c)
 
         # Layers below the memory layer (and the memory layer's STM attention) never depend on the memory,
