@@ -266,6 +266,10 @@ def evaluate(preset="smoke", data_dir=None, trained_root=None, results_dir=None,
     ecfg = preset_obj.eval
     device = select_device(device)
 
+    window = int(read_config(runs["baseline"][0]).get("model", {}).get("window", 128))
+    if not any(d > window for d in ecfg.recall_distances):
+        raise EvalError(f"EvalConfig.recall_distances {tuple(ecfg.recall_distances)} has no distance beyond the "
+                        f"{window}-token window, so long_range_recall is undefined: add one (e.g. {2 * window})")
     val = load_split("val", data_dir=data_dir)
     docs = evaluation_documents(val, ecfg.max_docs, ecfg.max_tokens_per_doc)
     chars = np.array([d["characters"] for d in docs], float)
@@ -296,7 +300,6 @@ def evaluate(preset="smoke", data_dir=None, trained_root=None, results_dir=None,
     batches = throughput_batches(val, ecfg.batch_size, seq_len, ecfg.throughput_tokens)
     throughput = measure_throughput(first_models, batches, device, samples=ecfg.bootstrap_samples)
 
-    window = int(first_models["baseline"].cfg.window)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta = val.meta
     n_samples, boot_seed = ecfg.bootstrap_samples, ecfg.recall_seed
@@ -410,10 +413,21 @@ def evaluate(preset="smoke", data_dir=None, trained_root=None, results_dir=None,
     return results
 
 
+def _finite(obj):
+    """NaN/inf -> None, so the file is strict JSON (a browser's JSON.parse rejects NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write_json(path: Path, obj) -> None:
     from revena_lib.checkpoint import write_json
 
-    write_json(path, json.loads(json.dumps(obj, default=_json_default, allow_nan=True)))
+    write_json(path, _finite(json.loads(json.dumps(obj, default=_json_default, allow_nan=True))))
 
 
 def _json_default(o):
