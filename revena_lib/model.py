@@ -12,7 +12,7 @@ Long-term memory (LTM, only when ``cfg.use_ltm``): one FIFO ring buffer of ``ltm
 sequence, owned by attention layer ``cfg.memory_layer_index``. After the whole model has run on a chunk, the
 chunk's tokens whose surprisal (-log2 p of the observed token under the model's own previous-position
 prediction) is strictly above ``ltm_write_threshold_bits`` are written (detached): that layer's key (before
-RoPE, unit-normalised) and value per head, plus token id, position and surprisal. In later chunks, each query
+RoPE, unit-normalised) and value per head, and the token's position (its token id and surprisal follow from it). In later chunks, each query
 of that layer (before RoPE) is compared by cosine with the stored keys, per head; entries with cosine strictly
 above ``ltm_similarity_threshold`` are hits, their values are averaged with softmax(cosine / temperature)
 weights restricted to the hits and added to the head's attention output through a learned gate
@@ -202,28 +202,27 @@ class Block(nn.Module):
 class LongTermMemory:
     """Per-forward FIFO memory of ``capacity`` entries per batch row (a ring buffer with a write counter).
 
+    An entry is the memory layer's unit key and value per head, stored side by side in ``kv`` (one scatter per
+    write), and the token's position. Its token id and surprisal are looked up through the position (the memory
+    never outlives its sequence), which keeps the per-chunk work, and so the step time, small.
     Tensors have capacity + 1 slots: tokens that are not written are scattered into the extra "trash" slot,
     which keeps the write a single vectorised scatter with no data-dependent shapes; reads ignore it.
     Updates are out of place because earlier reads saved the old tensors for the backward pass.
     """
 
     def __init__(self, batch: int, n_head: int, head_dim: int, capacity: int, device):
-        s = capacity
-        self.capacity = s
-        self.keys = torch.zeros(batch, n_head, s + 1, head_dim, device=device)       # unit keys, float32
-        self.values = torch.zeros(batch, n_head, s + 1, head_dim, device=device)     # float32
-        self.positions = torch.full((batch, s + 1), -1, dtype=torch.long, device=device)
-        self.tokens = torch.full((batch, s + 1), -1, dtype=torch.long, device=device)
-        self.surprisal_bits = torch.zeros(batch, s + 1, device=device)
-        self.written = torch.zeros(batch, dtype=torch.long, device=device)           # total writes so far
+        self.capacity, self.head_dim = capacity, head_dim
+        self.kv = torch.zeros(batch, n_head, capacity + 1, 2 * head_dim, device=device)   # [unit key | value] fp32
+        self.positions = torch.full((batch, capacity + 1), -1, dtype=torch.long, device=device)   # -1 = empty
+        self.written = torch.zeros(batch, dtype=torch.long, device=device)                # total writes so far
 
     def occupancy(self) -> torch.Tensor:
-        return self.written.clamp(max=self.capacity)                                  # (B,)
+        return self.written.clamp(max=self.capacity)                                      # (B,)
 
-    def write(self, routed, unit_keys, values, positions, tokens, surprisal_bits):
-        """Append the routed tokens of one chunk in order; evict oldest first. Returns evictions (B,).
+    def write(self, routed: torch.Tensor, kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Append the routed tokens of one chunk in order, evicting the oldest first. Returns evictions (B,).
 
-        routed (B, L) bool; unit_keys/values (B, H, L, D); positions/tokens (B, L) long; surprisal_bits (B, L).
+        routed (B, L) bool; kv (B, H, L, 2D) float32 [unit key | value]; positions (B, L) long.
         If more than ``capacity`` tokens qualify, only the latest ``capacity`` survive (what FIFO would keep).
         """
         s = self.capacity
@@ -231,30 +230,26 @@ class LongTermMemory:
         n_routed = order[:, -1:]                                 # (B, 1) a chunk is never empty
         skipped = (n_routed - s).clamp(min=0)                    # qualifying tokens overwritten within this chunk
         keep = routed & (order > skipped)
-        slot = torch.where(keep, (self.written[:, None] + order - 1) % s, torch.full_like(order, s))   # (B, L)
-        B, H, L, D = unit_keys.shape
-        slot4 = slot[:, None, :, None].expand(B, H, L, D)
-        self.keys = self.keys.scatter(2, slot4, unit_keys.detach().float())
-        self.values = self.values.scatter(2, slot4, values.detach().float())
+        slot = torch.where(keep, (self.written[:, None] + order - 1) % s, s)          # (B, L), s = trash slot
+        self.kv = self.kv.scatter(2, slot[:, None, :, None].expand_as(kv), kv.detach())
         self.positions = self.positions.scatter(1, slot, positions)
-        self.tokens = self.tokens.scatter(1, slot, tokens)
-        self.surprisal_bits = self.surprisal_bits.scatter(1, slot, surprisal_bits.float())
         n = n_routed[:, 0]
         evictions = (self.occupancy() + n - s).clamp(min=0)
         self.written = self.written + n
         return evictions
 
-    def read(self, unit_queries, threshold: float, temperature: float, want_trace: bool):
+    def read(self, unit_queries: torch.Tensor, threshold: float, temperature: float, want_trace: bool):
         """Hit-restricted softmax read for one chunk. unit_queries (B, H, L, D) float32.
 
-        Returns (out (B, H, L, D) float32, exactly 0 where a query has no hit; hit_any (B, L) bool; trace
-        pieces or None). Entries only exist from earlier chunks, because writes happen after a chunk's read.
+        Returns (out (B, H, L, D) float32, exactly 0 where a query has no hit; hit_any (B, L) bool; trace pieces
+        (hit_count, top positions, top cosines) or None). Entries only come from earlier chunks, because a
+        chunk writes after its read.
         """
-        s = self.capacity
-        keys, values = self.keys[:, :, :s], self.values[:, :, :s]            # drop the trash slot
-        valid = (self.positions[:, :s] >= 0)[:, None, None, :]              # (B, 1, 1, S)
+        s, d = self.capacity, self.head_dim
+        keys, values = self.kv[:, :, :s, :d], self.kv[:, :, :s, d:]           # drop the trash slot
+        positions = self.positions[:, :s]                                     # (B, S)
         cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
-        hit = (cos > threshold) & valid
+        hit = (cos > threshold) & (positions >= 0)[:, None, None, :]
         # softmax over the hits only: shift by the (detached) best hit score; exp(-inf) = 0 elsewhere, so a query
         # without hits gets all-zero weights (and zero, finite gradients) instead of NaN
         scores = (cos / temperature).masked_fill(~hit, -torch.inf)
@@ -266,18 +261,16 @@ class LongTermMemory:
         hit_any = hit_entry.any(dim=-1)                                      # (B, L)
         trace = None
         if want_trace:
-            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, S)
+            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, S) max over heads
             k = min(TOP_HITS, s)
             top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
             found = torch.isfinite(top_cos)
-            pos = torch.where(found, self.positions[:, :s].gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
-            tok = torch.where(found, self.tokens[:, :s].gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
-            top_cos = torch.where(found, top_cos, torch.zeros_like(top_cos))
+            top_pos = torch.where(found, positions.gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
+            top_cos = torch.where(found, top_cos, 0.0)
             if k < TOP_HITS:   # capacity below K: pad so the trace always has K columns
-                pad = TOP_HITS - k
-                pos, tok = F.pad(pos, (0, pad), value=-1), F.pad(tok, (0, pad), value=-1)
-                top_cos = F.pad(top_cos, (0, pad), value=0.0)
-            trace = (hit_entry.sum(-1), pos, tok, top_cos)
+                top_pos = F.pad(top_pos, (0, TOP_HITS - k), value=-1)
+                top_cos = F.pad(top_cos, (0, TOP_HITS - k), value=0.0)
+            trace = (hit_entry.sum(-1), top_pos, top_cos)
         return out, hit_any, trace
 
 
@@ -348,7 +341,7 @@ class RevenaLM(nn.Module):
             memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device)
             with torch.autocast(device_type=device.type, enabled=False):
                 unit_q = F.normalize(q_raw.float(), dim=-1)                          # (B, H, Tp, D)
-                unit_k = F.normalize(k_raw.float(), dim=-1)
+                kv = torch.cat([F.normalize(k_raw.float(), dim=-1), v_raw.float()], dim=-1).detach()   # (B, H, Tp, 2D)
             gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
             positions = torch.arange(T, device=device).expand(B, T)
             routed_all = torch.zeros(B, T, dtype=torch.bool, device=device)
@@ -356,7 +349,6 @@ class RevenaLM(nn.Module):
             if introspect:
                 hit_count = torch.zeros(B, T, dtype=torch.long, device=device)
                 top_pos = torch.full((B, T, TOP_HITS), -1, dtype=torch.long, device=device)
-                top_tok = torch.full((B, T, TOP_HITS), -1, dtype=torch.long, device=device)
                 top_cos = torch.zeros(B, T, TOP_HITS, device=device)
                 occupancy = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
                 evictions = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
@@ -378,7 +370,7 @@ class RevenaLM(nn.Module):
                     y = (y.float() + gate * read).to(y.dtype)   # no hit: read is exactly 0
                 hit_all[:, s:e] = hit_any
                 if introspect:
-                    hit_count[:, s:e], top_pos[:, s:e], top_tok[:, s:e], top_cos[:, s:e] = tr
+                    hit_count[:, s:e], top_pos[:, s:e], top_cos[:, s:e] = tr
             xc = x[:, s:e] + mem_block.attn.merge(y)
             xc = xc + mem_block.mlp(mem_block.ln_2(xc))
             for j, block in enumerate(upper):
@@ -401,7 +393,7 @@ class RevenaLM(nn.Module):
                 surp_c = surprisal[:, s:e]
                 routed = (surp_c > cfg.ltm_write_threshold_bits) & (positions[:, s:e] > 0)
                 routed_all[:, s:e] = routed
-                ev = memory.write(routed, unit_k[:, :, s:e], v_raw[:, :, s:e], positions[:, s:e], idx[:, s:e], surp_c)
+                ev = memory.write(routed, kv[:, :, s:e], positions[:, s:e])
                 if introspect:
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
@@ -415,7 +407,8 @@ class RevenaLM(nn.Module):
             stats = {"routed_token_ratio": vals[0] / max(B * (T - 1), 1),
                      "avg_surprisal_routed": vals[1] / vals[0] if vals[0] else 0.0,
                      "ltm_hit_rate": vals[2] / (B * T)}
-            if introspect:
+            if introspect:   # an entry's token id is the token at its position
+                top_tok = torch.where(top_pos >= 0, idx.gather(1, top_pos.clamp(min=0).flatten(1)).view_as(top_pos), -1)
                 trace = MemoryTrace(surprisal.cpu(), routed_all.cpu(), hit_count.cpu(), top_pos.cpu(),
                                     top_tok.cpu(), top_cos.cpu(), occupancy.cpu(), evictions.cpu())
         return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats=stats, trace=trace)

@@ -193,9 +193,8 @@ def _write_chunks(capacity, routed_chunks):
     for routed in routed_chunks:
         n = len(routed)
         pos = torch.arange(start, start + n)[None]
-        keys = F.normalize(torch.randn(1, 2, n, 4), dim=-1)
-        evictions.append(int(mem.write(torch.tensor([routed]), keys, torch.randn(1, 2, n, 4), pos, pos + 1000,
-                                       torch.full((1, n), 9.0))[0]))
+        kv = torch.cat([F.normalize(torch.randn(1, 2, n, 4), dim=-1), pos[:, None, :, None].expand(1, 2, n, 4).float()], -1)
+        evictions.append(int(mem.write(torch.tensor([routed]), kv, pos)[0]))
         start += n
     stored = mem.positions[0, :capacity]
     return mem, sorted(stored[stored >= 0].tolist()), evictions
@@ -207,7 +206,8 @@ def test_fifo_keeps_the_latest_entries_and_never_exceeds_capacity():
     routed_positions = [i for i, r in enumerate(sum(chunks, [])) if r]       # 9 routed tokens
     assert stored == routed_positions[-5:], "FIFO: the oldest entries go first"
     assert evictions == [0, 0, 4] and int(mem.occupancy()[0]) == 5
-    assert mem.tokens[0, :5].sort().values.tolist() == [p + 1000 for p in routed_positions[-5:]]
+    values = mem.kv[0, :, :5, 4:]                                             # each value holds its position
+    assert torch.equal(values, mem.positions[0, :5].float()[None, :, None].expand(2, 5, 4))
     # ring order: the slot after the newest holds the oldest
     newest_slot = (int(mem.written[0]) - 1) % 5
     assert int(mem.positions[0, newest_slot]) == routed_positions[-1]
@@ -237,13 +237,16 @@ def test_capacity_is_never_exceeded_in_the_model():
 def test_reads_only_see_earlier_chunks():
     model = build(use_ltm=True, ltm_similarity_threshold=-1.0, ltm_write_threshold_bits=0.0)
     c = model.cfg.chunk_size
+    idx = tokens(2, 45)
     with torch.no_grad():
-        tr = model(tokens(2, 45), introspect=True).trace
+        tr = model(idx, introspect=True).trace
     assert torch.all(tr.hit_count[:, :c] == 0) and torch.all(tr.top_hit_positions[:, :c] == -1)
     chunk_start = (torch.arange(45) // c * c)[None, :, None]
     hits = tr.top_hit_positions
     assert torch.all((hits == -1) | (hits < chunk_start)), "a hit points into the same or a later chunk"
     assert torch.all(tr.hit_count[:, c:] > 0)
+    idx_at = idx.gather(1, hits.clamp(min=0).flatten(1)).view_as(hits)
+    assert torch.equal(tr.top_hit_tokens, torch.where(hits >= 0, idx_at, -1)), "an entry's token is the token at its position"
     cos = tr.top_hit_cosines
     assert torch.all(cos[..., :-1] >= cos[..., 1:]), "top hits sorted by cosine, descending"
 
