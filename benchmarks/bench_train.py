@@ -1,0 +1,127 @@
+"""Training throughput of both arms side by side, and model FLOPs utilisation against this machine's matmul peak.
+
+Times full optimizer steps (forward, backward, clip, AdamW) on the preset's real batches (random tokens
+if no data is prepared), after warm-up, for the baseline and the LTM arm in one run, then measures the
+peak of a large square matmul in the same dtype. Model FLOPs per token, stated explicitly:
+    6 * N_params                         (forward + backward of every weight; the tied embedding counted once,
+                                          as the output layer's matmul, the input lookup is free)
+  + 12 * n_layer * n_embd * window       (attention scores and weighted values, forward + backward, over the
+                                          `window` keys each query actually sees; LTM reads not counted)
+
+    .venv/bin/python benchmarks/bench_train.py --preset cpu --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from revena_lib.config import get_preset
+from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
+from revena_lib.model import RevenaLM
+from revena_lib.train import batch_for_step, make_optimizer
+
+
+def model_flops_per_token(model: RevenaLM) -> float:
+    cfg = model.cfg
+    return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.n_embd * cfg.window
+
+
+def matmul_peak_flops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n matmul in ``dtype`` (fp32 when None): what this machine can do at best."""
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def time_arm(preset, with_ltm: bool, split, steps: int, warmup: int, device, dtype) -> dict:
+    cfg = preset.train
+    preset.model.use_ltm = with_ltm
+    torch.manual_seed(cfg.seed)
+    model = RevenaLM(preset.model).to(device).train()
+    optimizer = make_optimizer(model, cfg, device)
+    seconds = []
+    for step in range(warmup + steps):
+        if split is not None:
+            x, y = batch_for_step(split, cfg.seed, step, cfg.batch_size, cfg.seq_len)
+        else:
+            x = torch.randint(0, preset.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1))
+            x, y = x[:, :-1], x[:, 1:]
+        x, y = x.to(device), y.to(device)
+        start = time.perf_counter()
+        with autocast(device, dtype):
+            loss = model(x, y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            seconds.append(time.perf_counter() - start)
+    tokens = cfg.batch_size * cfg.seq_len
+    median = sorted(seconds)[len(seconds) // 2]
+    flops_per_token = model_flops_per_token(model)
+    return {"params": model.num_parameters(), "s_per_step": median, "tok_per_sec": tokens / median,
+            "flops_per_token": flops_per_token, "model_flops_per_sec": flops_per_token * tokens / median}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="preset whose model/batch to time (default: cpu)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per arm; the median is reported (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="autocast dtype (default: what device.py picks for training)")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    args = parser.parse_args(argv)
+
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    device = select_device(args.device)
+    dtype = autocast_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
+    try:
+        from revena_lib.data import DataError, load_split
+        split, data_note = load_split("train"), "real batches (batch_for_step)"
+    except DataError:
+        split, data_note = None, "random tokens (no prepared data)"
+
+    load_before = os.getloadavg()[0]
+    results = {arm: time_arm(preset, arm == "with_ltm", split, args.steps, args.warmup, device, dtype)
+               for arm in ("baseline", "with_ltm")}
+    peak = matmul_peak_flops(dtype, device)
+    load_after = os.getloadavg()[0]
+
+    cfg = preset.train
+    print(f"preset {preset.name}: batch {cfg.batch_size} x seq_len {cfg.seq_len}, {data_note}; device {device}, "
+          f"dtype {dtype_name(dtype)}, {torch.get_num_threads()} threads; median of {args.steps} steps after "
+          f"{args.warmup} warm-up")
+    print(f"matmul peak ({dtype_name(dtype)}, 2048^3): {peak / 1e9:,.1f} GFLOP/s; "
+          f"load average {load_before:.2f} before, {load_after:.2f} after")
+    print("model FLOPs/token = 6 * N_params + 12 * n_layer * n_embd * window")
+    print(f"{'arm':<10} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7}")
+    for arm, r in results.items():
+        print(f"{arm:<10} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
+              f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
+              f"{r['model_flops_per_sec'] / peak:>7.1%}")
+    ratio = results["with_ltm"]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
+    print(f"throughput ratio with_ltm / baseline: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
