@@ -4,7 +4,7 @@ Both models are built from the same preset; after a warm-up, repetitions alterna
 drift on a shared machine hits both alike; the median of each arm is reported with tokens/s and the ratio
 LTM / baseline (target: <= 1.3x). Uses the training's autocast choice (``revena_lib.device``) unless --dtype.
 
-    .venv/bin/python benchmarks/bench_model.py --preset cpu --reps 10
+    .venv/bin/python benchmarks/bench_model.py --preset cpu --reps 7
 """
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=7, help="timed steps per arm, interleaved")
     parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                         help="autocast dtype (auto: what training would use on this CPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: configure_threads(), i.e. all cores; on a machine that is busy "
+                             "with other work, 1 thread gives steadier numbers)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         preset = get_preset(args.preset)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
-    threads = configure_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads() if args.threads else configure_threads()
     dtype = {"auto": autocast_dtype("cpu"), "fp32": None, "bf16": torch.bfloat16}[args.dtype]
     seq_len = args.seq_len or preset.train.seq_len
     g = torch.Generator().manual_seed(args.seed)
