@@ -148,19 +148,22 @@ def test_metrics_config_and_checkpoint_written(smoke_data, tmp_path):
 
 
 def test_resume_continues_exactly(smoke_data, tmp_path):
-    full = train(smoke(), with_ltm=True, out_dir=tmp_path / "full", progress=False)
-    part = train(smoke(), with_ltm=True, out_dir=tmp_path / "part", progress=False, stop_at=2)
+    # Stop at 3, inside a logging interval of 2: the half-filled interval average must survive the restart.
+    preset = smoke(steps=6, log_interval=2, eval_interval=4)
+    full = train(preset, with_ltm=True, out_dir=tmp_path / "full", progress=False)
+    part = train(preset, with_ltm=True, out_dir=tmp_path / "part", progress=False, stop_at=3)
     assert json.loads((part / "config.json").read_text())["finished"] is False
-    assert [s for s, _ in losses(part)] == [1, 2]
-    train(smoke(), with_ltm=True, out_dir=part, resume=True, progress=False)
-    assert [s for s, _ in losses(part)] == list(range(1, 7))
+    assert load_checkpoint(part / "checkpoint.pt")["step"] == 3
+    assert [s for s, _ in losses(part)] == [2]
+    train(preset, with_ltm=True, out_dir=part, resume=True, progress=False)
+    assert [s for s, _ in losses(part)] == [2, 4, 6]
     for (s1, l1), (s2, l2) in zip(losses(full), losses(part)):
         assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-6)
     val = lambda run: [r["val_loss"] for r in read_metrics(run).to_dict("records") if "val_loss" in r and r["val_loss"] == r["val_loss"]]
     assert val(full) == pytest.approx(val(part), abs=1e-6)
     # resuming a finished run is a no-op
-    train(smoke(), with_ltm=True, out_dir=part, resume=True, progress=False)
-    assert len(losses(part)) == 6
+    train(preset, with_ltm=True, out_dir=part, resume=True, progress=False)
+    assert len(losses(part)) == 3
 
 
 def test_existing_run_refused_without_resume_and_force_restarts(smoke_data, tmp_path):
@@ -286,7 +289,7 @@ def test_torchrun_two_cpu_processes(smoke_data, tmp_path):
     env = {**os.environ, "REVENA_HOME": str(smoke_data), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "revena_lib.train",
-         "--preset", "smoke", "--steps", "4", "--out", str(out), "--no-progress", "--device", "cpu"],
+         "--preset", "smoke", "--with-ltm", "--steps", "4", "--out", str(out), "--no-progress", "--device", "cpu"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
