@@ -129,10 +129,10 @@ def _cpu() -> Preset:
         # per arm. Small batches + a high lr make the most of few tokens for a 4-layer model.
         train=TrainConfig(seq_len=512, batch_size=4, steps=600, warmup_steps=50, lr=3e-3,
                           log_interval=10, eval_interval=100, eval_batches=8),
-        # ~100k tokens per model (the 50257-way output layer dominates on a CPU): a minute or two per arm.
+        # ~75k tokens per model (the 50257-way output layer dominates on a CPU): a minute or two per arm.
         # Distances 32 and 96 are inside the 128-token window (the fact is visible), 192+ beyond it.
-        eval=EvalConfig(max_docs=24, max_tokens_per_doc=2048, batch_size=8,
-                        recall_distances=(32, 96, 192, 384, 768), recall_items_per_distance=16,
+        eval=EvalConfig(max_docs=16, max_tokens_per_doc=2048, batch_size=8,
+                        recall_distances=(32, 96, 192, 384, 768), recall_items_per_distance=12,
                         throughput_tokens=8192),
     )
 
