@@ -14,6 +14,7 @@ peak of a large square matmul in the same dtype. Model FLOPs per token, stated e
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -47,16 +48,18 @@ def matmul_peak_flops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
-def time_arm(preset, with_ltm: bool, split, steps: int, warmup: int, device, dtype) -> dict:
-    cfg = preset.train
+def make_stepper(preset, with_ltm: bool, split, device, dtype):
+    """A closure running one full optimizer step of one arm on batch ``step``; returns its wall seconds."""
+    preset = copy.deepcopy(preset)
     preset.model.use_ltm = with_ltm
+    cfg = preset.train
     torch.manual_seed(cfg.seed)
     model = RevenaLM(preset.model).to(device).train()
     optimizer = make_optimizer(model, cfg, device)
-    seconds = []
-    for step in range(warmup + steps):
+
+    def step(i: int) -> float:
         if split is not None:
-            x, y = batch_for_step(split, cfg.seed, step, cfg.batch_size, cfg.seq_len)
+            x, y = batch_for_step(split, cfg.seed, i, cfg.batch_size, cfg.seq_len)
         else:
             x = torch.randint(0, preset.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1))
             x, y = x[:, :-1], x[:, 1:]
@@ -70,19 +73,35 @@ def time_arm(preset, with_ltm: bool, split, steps: int, warmup: int, device, dty
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
-            seconds.append(time.perf_counter() - start)
-    tokens = cfg.batch_size * cfg.seq_len
-    median = sorted(seconds)[len(seconds) // 2]
-    flops_per_token = model_flops_per_token(model)
-    return {"params": model.num_parameters(), "s_per_step": median, "tok_per_sec": tokens / median,
-            "flops_per_token": flops_per_token, "model_flops_per_sec": flops_per_token * tokens / median}
+        return time.perf_counter() - start
+
+    return model, step
+
+
+def time_arms(preset, split, steps: int, warmup: int, device, dtype) -> dict:
+    """Both arms, their steps interleaved (baseline, LTM, baseline, ...) so a busy machine slows both alike."""
+    arms = {arm: make_stepper(preset, arm == "with_ltm", split, device, dtype) for arm in ("baseline", "with_ltm")}
+    seconds = {arm: [] for arm in arms}
+    for i in range(warmup + steps):
+        for arm, (_, step) in arms.items():
+            elapsed = step(i)
+            if i >= warmup:
+                seconds[arm].append(elapsed)
+    tokens = preset.train.batch_size * preset.train.seq_len
+    results = {}
+    for arm, (model, _) in arms.items():
+        median = sorted(seconds[arm])[len(seconds[arm]) // 2]
+        flops_per_token = model_flops_per_token(model)
+        results[arm] = {"params": model.num_parameters(), "s_per_step": median, "tok_per_sec": tokens / median,
+                        "flops_per_token": flops_per_token, "model_flops_per_sec": flops_per_token * tokens / median}
+    return results
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", help="preset whose model/batch to time (default: cpu)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per arm; the median is reported (default 5)")
+    parser.add_argument("--steps", type=int, default=7,
+                        help="timed steps per arm, interleaved between the arms; the median is reported (default 7)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="autocast dtype (default: what device.py picks for training)")
@@ -102,15 +121,14 @@ def main(argv=None) -> None:
         split, data_note = None, "random tokens (no prepared data)"
 
     load_before = os.getloadavg()[0]
-    results = {arm: time_arm(preset, arm == "with_ltm", split, args.steps, args.warmup, device, dtype)
-               for arm in ("baseline", "with_ltm")}
+    results = time_arms(preset, split, args.steps, args.warmup, device, dtype)
     peak = matmul_peak_flops(dtype, device)
     load_after = os.getloadavg()[0]
 
     cfg = preset.train
     print(f"preset {preset.name}: batch {cfg.batch_size} x seq_len {cfg.seq_len}, {data_note}; device {device}, "
-          f"dtype {dtype_name(dtype)}, {torch.get_num_threads()} threads; median of {args.steps} steps after "
-          f"{args.warmup} warm-up")
+          f"dtype {dtype_name(dtype)}, {torch.get_num_threads()} threads; median of {args.steps} interleaved steps "
+          f"after {args.warmup} warm-up")
     print(f"matmul peak ({dtype_name(dtype)}, 2048^3): {peak / 1e9:,.1f} GFLOP/s; "
           f"load average {load_before:.2f} before, {load_after:.2f} after")
     print("model FLOPs/token = 6 * N_params + 12 * n_layer * n_embd * window")
