@@ -1,12 +1,12 @@
 """Checkpoints and run directories on disk: atomic writes, safe loading, and ``load_model`` for evaluation.
 
-A run directory (``trained/<arm>/seed-<seed>/``) holds ``config.json`` (what was trained, how far),
+A run directory (``trained/<arm>/<preset>/seed-<seed>/``) holds ``config.json`` (what was trained, how far),
 ``metrics.jsonl`` and ``checkpoint.pt`` (model, optimizer, step, RNG states, config). Every file is
 written to a temporary name in the same directory and ``os.replace``d, so a crash or Ctrl-C never
 leaves half a file behind.
 
     from revena_lib.checkpoint import load_model
-    model, config = load_model("trained/with_ltm/seed-1337")
+    model, config = load_model("trained/with_ltm/cpu/seed-1337")
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ def measure_throughput(models: dict, batches: list[torch.Tensor], device: torch.
 
 def _missing_arm_message(arm: str, trained_root: Path, preset: str) -> str:
     flag = "--with-ltm" if arm == "with_ltm" else "--baseline"
-    return (f"no finished run in {trained_root / arm}/ (trained/{arm}/): train it first with "
+    return (f"no finished {preset} run in {trained_root / arm / preset}/: train it first with "
             f"`python -m revena_lib.train --preset {preset} {flag}` (or run notebooks/03_train.ipynb)")
 
 
@@ -253,12 +253,16 @@ def evaluate(preset="smoke", data_dir=None, trained_root=None, results_dir=None,
 
     trained_root = Path(trained_root) if trained_root else default_trained_dir()
     results_path = Path(results_dir) if results_dir else default_results_dir()
-    runs = {}
+    wanted = preset if isinstance(preset, str) or preset is None else preset.name
+    runs = {arm: find_runs(arm, root=trained_root, preset=wanted) for arm in ARMS}
     for arm in ARMS:
-        runs[arm] = find_runs(arm, root=trained_root)
         if not runs[arm]:
-            name = preset if isinstance(preset, str) else getattr(preset, "name", "cpu")
-            raise EvalError(_missing_arm_message(arm, trained_root, name or "cpu"))
+            raise EvalError(_missing_arm_message(arm, trained_root, wanted or "cpu"))
+    if wanted is None:
+        trained_presets = sorted({read_config(d).get("preset") for arm in ARMS for d in runs[arm]})
+        if len(trained_presets) > 1:
+            raise EvalError(f"{trained_root} holds runs of several presets ({', '.join(trained_presets)}): "
+                            "choose one with --preset")
     _check_arms_match(runs)
     if preset is None:  # the preset both arms were trained with
         preset = read_config(runs["with_ltm"][0]).get("preset") or "cpu"

@@ -1,7 +1,7 @@
 """Training figures and tables for ``notebooks/03_train.ipynb``, read from each run's ``metrics.jsonl``.
 
     from revena_lib.plots_train import plot_losses
-    plot_losses({"baseline": "trained/baseline/seed-1337", "with_ltm": "trained/with_ltm/seed-1337"}).show()
+    plot_losses({"baseline": "trained/baseline/cpu/seed-1337", "with_ltm": "trained/with_ltm/cpu/seed-1337"}).show()
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Training both arms (baseline and with-LTM) on identical batches, with checkpoints, resumption and metrics.
 
 ``train()`` is the one implementation; the CLI and ``notebooks/03_train.ipynb`` both call it. A run
-lives in ``trained/<arm>/seed-<seed>/``: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``.
+lives in ``trained/<arm>/<preset>/seed-<seed>/``: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``.
 Several processes (torchrun) split every step's batch rows between them, so the global batch is the
 same as in a single process; only rank 0 writes files.
 
@@ -53,25 +53,29 @@ def arm_name(with_ltm: bool) -> str:
     return "with_ltm" if with_ltm else "baseline"
 
 
-def run_dir(arm: str, seed: int, root=None) -> Path:
+def run_dir(arm: str, seed: int, root=None, preset: str = "cpu") -> Path:
+    """``trained/<arm>/<preset>/seed-<seed>``: the preset is part of the path, so a smoke run and a cpu run
+    live side by side and switching presets never meets a checkpoint of another model size."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
-    return Path(root or trained_dir()) / arm / f"seed-{seed}"
+    return Path(root or trained_dir()) / arm / preset / f"seed-{seed}"
 
 
-def find_runs(arm: str, root=None) -> list[Path]:
-    """Finished run directories of one arm, sorted by seed."""
+def find_runs(arm: str, root=None, preset: str | None = None) -> list[Path]:
+    """Finished run directories of one arm (of one preset, when given), sorted by preset then seed."""
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
     runs = []
-    for d in (Path(root or trained_dir()) / arm).glob("seed-*"):
+    for d in (Path(root or trained_dir()) / arm).glob("*/seed-*"):
         try:
             config = json.loads((d / ckpt.CONFIG_FILE).read_text())
         except (OSError, ValueError):
             continue
+        if preset is not None and config.get("preset") != preset:
+            continue
         if config.get("finished") and (d / ckpt.CHECKPOINT_FILE).exists():
-            runs.append((int(config.get("seed", 0)), d))
-    return [d for _, d in sorted(runs)]
+            runs.append((str(config.get("preset")), int(config.get("seed", 0)), d))
+    return [d for _, _, d in sorted(runs)]
 
 
 # -----------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def train(preset: str | Preset, with_ltm: bool, seed: int | None = None, steps: 
     preset.model.use_ltm = bool(with_ltm)
     preset.train.seed = seed
     arm = arm_name(with_ltm)
-    out = Path(out_dir) if out_dir else run_dir(arm, seed)
+    out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
     ckpt_path, config_path, metrics_path = out / ckpt.CHECKPOINT_FILE, out / ckpt.CONFIG_FILE, out / ckpt.METRICS_FILE
 
     # Decide between fresh start, resumption and refusal before touching data or devices.
@@ -505,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m revena_lib.train",
         description="Train one arm of the Revena experiment (baseline transformer, or the same model with a "
                     "long-term memory) on the prepared data (python -m revena_lib.prepare_data first).",
-        epilog="The run goes to trained/<arm>/seed-<seed>/ under REVENA_HOME (default: the repo): config.json, "
+        epilog="The run goes to trained/<arm>/<preset>/seed-<seed>/ under REVENA_HOME (default: the repo): config.json, "
                "metrics.jsonl, checkpoint.pt. An existing run is never overwritten silently: --resume continues "
                "it (a finished one is left as is), --force deletes it and starts over, --out DIR trains elsewhere. "
                "Ctrl-C or SIGTERM saves a checkpoint first. Several processes: "
@@ -522,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed for the initial weights and the batch order (default: the preset's, 1337)")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps, also the cosine schedule's length (default: the preset's)")
-    parser.add_argument("--out", default=None, help="run directory (default: trained/<arm>/seed-<seed>)")
+    parser.add_argument("--out", default=None, help="run directory (default: trained/<arm>/<preset>/seed-<seed>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the run directory exactly where its checkpoint stopped; "
                              "a finished run is left as is; with no checkpoint, start fresh")

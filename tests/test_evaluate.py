@@ -155,10 +155,24 @@ def test_plots_from_results(results, tmp_path):
 def test_arms_trained_differently_are_refused(trained_home, tmp_path, monkeypatch):
     home = tmp_path / "home"
     shutil.copytree(trained_home, home)
-    config_path = home / "trained" / "baseline" / "seed-1337" / "config.json"
+    config_path = home / "trained" / "baseline" / "smoke" / "seed-1337" / "config.json"
     config = json.loads(config_path.read_text())
     config["model"]["n_embd"] = 64
     config_path.write_text(json.dumps(config))
     monkeypatch.setenv("REVENA_HOME", str(home))
     with pytest.raises(EvalError, match=r"n_embd.*differ only in the LTM"):
+        evaluate(None, device="cpu", progress=False)
+
+
+def test_runs_of_several_presets_need_a_choice(trained_home, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    for arm in ("baseline", "with_ltm"):  # pretend a second preset's runs sit beside the smoke ones
+        other = home / "trained" / arm / "other" / "seed-1337"
+        shutil.copytree(home / "trained" / arm / "smoke" / "seed-1337", other)
+        config = json.loads((other / "config.json").read_text())
+        config["preset"] = "other"
+        (other / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("REVENA_HOME", str(home))
+    with pytest.raises(EvalError, match=r"several presets \(other, smoke\).*--preset"):
         evaluate(None, device="cpu", progress=False)

@@ -220,6 +220,24 @@ def test_find_runs_lists_finished_runs_by_seed(smoke_data, tmp_path):
     assert find_runs("with_ltm", root) == []
 
 
+def test_presets_live_side_by_side(smoke_data, tmp_path, monkeypatch):
+    """Switching presets (smoke, then cpu) must neither meet the other preset's checkpoint nor overwrite it."""
+    import shutil
+
+    shutil.copytree(smoke_data / "data", tmp_path / "data")
+    monkeypatch.setenv("REVENA_HOME", str(tmp_path))
+    bigger = smoke(steps=2)
+    bigger.name, bigger.model.n_embd = "bigger", 64
+    small_run = train(smoke(steps=2), with_ltm=True, progress=False)
+    big_run = train(bigger, with_ltm=True, resume=True, progress=False)  # would refuse a smoke checkpoint here
+    assert small_run == tmp_path / "trained" / "with_ltm" / "smoke" / "seed-1337"
+    assert big_run == tmp_path / "trained" / "with_ltm" / "bigger" / "seed-1337"
+    assert find_runs("with_ltm", preset="smoke") == [small_run]
+    assert find_runs("with_ltm", preset="bigger") == [big_run]
+    assert find_runs("with_ltm") == [big_run, small_run]
+    assert train(smoke(steps=2), with_ltm=True, resume=True, progress=False) == small_run  # finished: reused
+
+
 def test_sigterm_saves_checkpoint_and_interrupts(smoke_data, tmp_path, monkeypatch):
     real = train_mod.batch_for_step
 
