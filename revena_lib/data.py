@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from revena_lib.paths import ASSETS_DIR, data_dir as default_data_dir
+from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir
 from revena_lib.tokenizer import EOT_ID, N_VOCAB, get_tokenizer
 
 SOURCES = ("auto", "embedded", "openwebtext")
@@ -366,7 +366,7 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
     for split, ids in (("train", train_ids), ("val", val_ids)):
         meta["splits"][split] = _write_split(directory, split, ids, truncated, doc_tokens)
     # meta.json last: until it is replaced, any older meta no longer matches the new .bin files and loading refuses them.
-    _atomic_write(directory / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
+    _write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
     return meta
 
 
@@ -438,7 +438,7 @@ def _write_split(directory: Path, split: str, ids: list[int], texts: list[str], 
         tokens[offset] = EOT_ID
         tokens[offset + 1:offset + 1 + len(doc_tokens[i])] = doc_tokens[i]
     raw = tokens.tobytes()
-    _atomic_write(directory / f"{split}.bin", raw)
+    _write_bytes(directory / f"{split}.bin", raw)
     doc_characters = [len(texts[i]) for i in ids]
     doc_bytes = [len(texts[i].encode("utf-8")) for i in ids]
     return {
@@ -467,16 +467,8 @@ def _ensure_writable(directory: Path):
                         "--data-dir or REVENA_HOME") from None
 
 
-def _atomic_write(path: Path, payload: bytes):
-    # A temp name in the same directory + os.replace: readers see the old file or the new one, never half of one.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_bytes(path: Path, payload: bytes):
+    atomic_write(path, lambda f: f.write(payload))
 
 
 def summary_lines(meta: dict, directory=None) -> list[str]:

@@ -8,6 +8,7 @@ The root is the repository by default. Set ``REVENA_HOME`` to put every artefact
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,3 +29,27 @@ def trained_dir() -> Path:
 
 def results_dir() -> Path:
     return artefact_root() / "results"
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    Readers see the old file or the new one, never half of one: a crash or Ctrl-C mid-write leaves no file
+    that looks complete. The result gets ordinary permissions (mkstemp alone would leave it 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
