@@ -88,22 +88,16 @@ def results_figure(results: dict) -> Figure:
     axes[0][1].set_ylim(0, 1.05)
     axes[0][1].set_ylabel(f"passkey exact match, distance > {window}")
 
-    ax = axes[1][0]
-    for arm in arms:
-        d, exact = _by_distance(results, arm, "exact")
-        _, control = _by_distance(results, arm, "control_exact")
-        ax.plot(d, exact, "o-", color=ARM_COLOURS[arm], label=f"{ARM_LABELS[arm]} passkey")
-        ax.plot(d, control, "s--", color=ARM_COLOURS[arm], alpha=0.6, label=f"{ARM_LABELS[arm]} control")
-    ax.set(title="recall by distance: exact match", xlabel="filler tokens between fact and question",
-           ylabel="exact match", ylim=(-0.03, 1.03))
-    ax = axes[1][1]
-    for arm in arms:
-        d, logprob = _by_distance(results, arm, "logprob_bits")
-        _, control = _by_distance(results, arm, "control_logprob_bits")
-        ax.plot(d, logprob, "o-", color=ARM_COLOURS[arm], label=f"{ARM_LABELS[arm]} passkey")
-        ax.plot(d, control, "s--", color=ARM_COLOURS[arm], alpha=0.6, label=f"{ARM_LABELS[arm]} control")
-    ax.set(title="recall by distance: graded", xlabel="filler tokens between fact and question",
-           ylabel="answer log2 p per token (higher is better)")
+    recall_panels = (("exact", "recall by distance: exact match", "exact match"),
+                     ("logprob_bits", "recall by distance: graded", "answer log2 p per token (higher is better)"))
+    for ax, (key, title, ylabel) in zip(axes[1][:2], recall_panels):
+        for arm in arms:
+            d, passkey = _by_distance(results, arm, key)
+            _, control = _by_distance(results, arm, f"control_{key}")
+            ax.plot(d, passkey, "o-", color=ARM_COLOURS[arm], label=f"{ARM_LABELS[arm]} passkey")
+            ax.plot(d, control, "s--", color=ARM_COLOURS[arm], alpha=0.6, label=f"{ARM_LABELS[arm]} control")
+        ax.set(title=title, xlabel="filler tokens between fact and question", ylabel=ylabel)
+    axes[1][0].set_ylim(-0.03, 1.03)
     ax = axes[1][2]
     if "with_ltm" in results:
         d, hit = _by_distance(results, "with_ltm", "memory_hit_rate")
