@@ -62,7 +62,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         # weights_only: a checkpoint is data, never code; ours hold only tensors and plain containers.
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a truncated/garbled zip or pickle
-        raise CheckpointError(f"{path} is corrupt or not a Revena checkpoint ({type(e).__name__}: {e}); "
+        reason = (str(e).strip().splitlines() or [""])[0][:160]   # torch's messages run to many lines
+        raise CheckpointError(f"{path} is corrupt or not a Revena checkpoint ({type(e).__name__}: {reason}); "
                               "delete it and retrain, or resume from an intact copy") from e
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a Revena checkpoint (no 'model'/'config' entries)")
