@@ -16,6 +16,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+ARMS = ("baseline", "with_ltm")   # the two arms of every experiment; only ModelConfig.use_ltm differs
+
+
 @dataclass
 class DataConfig:
     source: str = "auto"            # "auto" (hub if reachable, else embedded), "openwebtext", "embedded"

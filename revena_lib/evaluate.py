@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib.config import get_preset
+from revena_lib.config import ARMS, get_preset
 from revena_lib.paths import results_dir as default_results_dir, trained_dir as default_trained_dir
 from revena_lib.recall import make_recall_items, score_recall_items, summarize_recall
 from revena_lib.tokenizer import get_tokenizer
 
-ARMS = ("baseline", "with_ltm")
 BRIEF_KEYS = ("bpc", "long_range_recall", "memory_hit_rate", "tokens_per_sec")
 RESULTS_FILE = "results.json"
 DETAILS_FILE = "results_details.json"

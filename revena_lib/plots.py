@@ -1,4 +1,4 @@
-"""Figures from a results dict (``results/results.json``) and from a run's ``metrics.jsonl``.
+"""Figures from a results dict (``results/results.json``); training curves are in ``plots_train.py``.
 
 ``results_figure`` is matplotlib (PNG export works offline, no kaleido); ``results_plotly`` is the same
 content as an interactive plotly figure, written as a self-contained HTML file (plotly.js inlined).
@@ -10,16 +10,15 @@ The notebook-04 figures (surprisal per token, memory over a document, the thresh
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from revena_lib.config import ARMS
 from revena_lib.paths import results_dir as default_results_dir
 
-ARMS = ("baseline", "with_ltm")
 ARM_LABELS = {"baseline": "baseline (STM only)", "with_ltm": "with LTM"}
 ARM_COLOURS = {"baseline": "#7f7f7f", "with_ltm": "#1f77b4"}
 BARS = (("bpc", "BPC (lower is better)"), ("long_range_recall", "long-range recall"),
@@ -177,46 +176,6 @@ def save_results_plots(results: dict, out_dir=None) -> dict:
     results_plotly(results).write_html(tmp_html, include_plotlyjs=True, full_html=True)
     tmp_html.replace(html)
     return {"png": png, "html": html}
-
-
-# -----------------------------------------------------------------------------
-# Training curves (metrics.jsonl)
-
-def read_metrics(run_dir) -> list[dict]:
-    """The run's metrics.jsonl as a list of dicts (empty if the file is missing)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a crash
-    return rows
-
-
-def training_figure(run_dirs: dict):
-    """Plotly: loss and LTM hit / routed ratio over training steps. ``run_dirs``: {label: run_dir}."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss (nats)", "LTM over training"))
-    for label, run_dir in run_dirs.items():
-        rows = [r for r in read_metrics(run_dir) if "step" in r]
-        train = [r for r in rows if "loss" in r]
-        fig.add_trace(go.Scatter(x=[r["step"] for r in train], y=[r["loss"] for r in train], name=f"{label} loss",
-                                 mode="lines"), row=1, col=1)
-        for key in ("ltm_hit_rate", "routed_token_ratio"):
-            points = [r for r in rows if key in r and ("with_ltm" in str(label) or r.get(key))]
-            if points:
-                fig.add_trace(go.Scatter(x=[r["step"] for r in points], y=[r[key] for r in points],
-                                         name=f"{label} {key}", mode="lines"), row=1, col=2)
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(height=400, template="plotly_white")
-    return fig
 
 
 # -----------------------------------------------------------------------------

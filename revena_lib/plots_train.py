@@ -13,9 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from revena_lib.plots import ARM_COLOURS
 from revena_lib.train import read_metrics
-
-ARM_COLOURS = {"baseline": "#636efa", "with_ltm": "#ef553b"}
 
 
 def training_summary(runs: dict) -> pd.DataFrame:
@@ -42,11 +41,13 @@ def training_summary(runs: dict) -> pd.DataFrame:
 
 
 def plot_losses(runs: dict) -> go.Figure:
-    """Training loss (lines) and validation loss (markers) of each arm, in nats per token, against step."""
+    """Training loss (lines) and validation loss (markers) of each run, in nats per token, against step.
+
+    ``runs``: {label: run_dir}; a label starting with the arm name ("with_ltm seed 7") takes that arm's colour."""
     fig = go.Figure()
     for arm, run in runs.items():
         metrics = read_metrics(run)
-        colour = ARM_COLOURS.get(arm)
+        colour = ARM_COLOURS.get(str(arm).split()[0])
         fig.add_trace(go.Scatter(x=metrics["step"], y=metrics["loss"], mode="lines", name=f"{arm} train",
                                  line={"color": colour}))
         if "val_loss" in metrics:

@@ -22,6 +22,7 @@ import html
 import numpy as np
 import torch
 
+from revena_lib.recall import model_device
 from revena_lib.tokenizer import EOT_ID
 
 TOP_K = 5
@@ -56,10 +57,6 @@ def token_texts(tokenizer, tokens) -> list[str]:
     return [tokenizer.decode([int(t)]) for t in tokens]
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _top_k(logits: torch.Tensor, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
     probs = torch.softmax(logits.float(), dim=-1)            # (T, V)
     p, ids = probs.topk(k, dim=-1)                           # (T, k)
@@ -76,7 +73,7 @@ def trace_document(model, tokens, device=None) -> dict:
     each position with memory reads on and off, plus ``use_ltm``, ``threshold_bits``,
     ``similarity_threshold``, ``capacity``, ``chunk_size``. For the baseline the memory fields are zeros.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     cfg = model.cfg
     tokens = np.asarray(tokens, dtype=np.int64)
     idx = torch.as_tensor(tokens, device=device)[None]                       # (1, T)
@@ -129,7 +126,7 @@ def threshold_sweep(model, tokens, thresholds, device=None) -> list[dict]:
     """
     from revena_lib.model import RevenaLM
 
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     idx = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)[None]     # (1, T)
     rows = []
     for threshold in thresholds:

@@ -172,7 +172,7 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int) -> 
     return items
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -194,7 +194,7 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
     """
     if device is not None:
         model = model.to(device)
-    device = _model_device(model)
+    device = model_device(model)
     use_ltm = bool(getattr(getattr(model, "cfg", None), "use_ltm", False))
     enc = get_tokenizer()
     order = sorted(range(len(items)), key=lambda k: len(items[k].tokens))

@@ -29,13 +29,12 @@ import torch
 
 from revena_lib import checkpoint as ckpt
 from revena_lib.checkpoint import CheckpointError
-from revena_lib.config import PRESETS, Preset, TrainConfig, get_preset
+from revena_lib.config import ARMS, PRESETS, Preset, TrainConfig, get_preset
 from revena_lib.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed, dtype_name,
                                init_distributed, is_main_process, needs_grad_scaler, rank, select_device, world_size)
 from revena_lib.paths import trained_dir
 from revena_lib.tokenizer import EOT_ID, N_VOCAB
 
-ARMS = ("baseline", "with_ltm")
 STAT_KEYS = ("routed_token_ratio", "avg_surprisal_routed", "ltm_hit_rate")
 # Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
 VAL_BATCH_SEED = 20_240_601
