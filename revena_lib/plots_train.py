@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from revena_lib.checkpoint import read_config
 from revena_lib.plots import ARM_COLOURS
 from revena_lib.train import read_metrics
 
@@ -21,7 +19,7 @@ def training_summary(runs: dict) -> pd.DataFrame:
     """One row per arm: steps, final train/val loss, val BPC (estimate) next to the unigram BPC, speed."""
     rows = []
     for arm, run in runs.items():
-        config = json.loads((Path(run) / "config.json").read_text())
+        config = read_config(run)
         metrics = read_metrics(run)
         evaluated = metrics.dropna(subset=["val_bpc"]) if "val_bpc" in metrics else metrics.iloc[0:0]
         rows.append({

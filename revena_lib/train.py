@@ -234,6 +234,11 @@ def _data_summary(meta: dict) -> dict:
     }
 
 
+def _empty_accumulator() -> dict:
+    """Sums over the steps since the last metrics line (loss, seconds, LTM stats)."""
+    return {"steps": 0, "loss": 0.0, "seconds": 0.0, **{k: 0.0 for k in STAT_KEYS}}
+
+
 class _StopFlag:
     """SIGINT/SIGTERM set a flag the training loop checks after each step; a second Ctrl-C aborts at once."""
 
@@ -353,7 +358,7 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
     dtype = DTYPES[state["dtype"]] if state else autocast_dtype(device)  # a resumed run keeps its dtype
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, dtype) else None
     start_step, train_seconds = 0, 0.0
-    accumulator = {"steps": 0, "loss": 0.0, "seconds": 0.0, **{k: 0.0 for k in STAT_KEYS}}
+    accumulator = _empty_accumulator()
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -467,7 +472,7 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
                     val_loss = validation_loss(model, val_batches, device, dtype)
                     record["val_loss"] = val_loss
                     record["val_bpc"] = val_loss / math.log(2) / chars_per_token
-                accumulator = {"steps": 0, "loss": 0.0, "seconds": 0.0, **{k: 0.0 for k in STAT_KEYS}}
+                accumulator = _empty_accumulator()
                 if main:
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
