@@ -18,7 +18,7 @@ import torch
 
 from revena_lib.config import get_preset
 from revena_lib.device import autocast, autocast_dtype, configure_threads, dtype_name
-from revena_lib.model import RevenaLM
+from revena_lib.models.transformer import RevenaLM
 
 
 def step_time(model, x, y, dtype) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
-from revena_lib.model import RevenaLM
+from revena_lib.models.transformer import RevenaLM
 from revena_lib.train import batch_for_step, make_optimizer
 
 

@@ -87,8 +87,9 @@ def model_config_from_dict(d: dict, source: Path) -> ModelConfig:
 
 
 def load_model(run_dir, device="cpu"):
-    """Rebuild the run's RevenaLM from config.json, load checkpoint.pt; returns (model in eval mode, config dict)."""
-    from revena_lib.model import RevenaLM  # lazy: checkpoint helpers must not need the model to import
+    """Rebuild the run's model (its family's class) from config.json, load checkpoint.pt; returns (model in eval
+    mode, config dict)."""
+    from revena_lib.models import build_model  # lazy: checkpoint helpers must not need the model to import
 
     run_dir = Path(run_dir)
     config = read_config(run_dir)
@@ -98,7 +99,10 @@ def load_model(run_dir, device="cpu"):
     state = load_checkpoint(ckpt_path, map_location="cpu")
     check_model_config(ckpt_path, state["config"]["model"], config["model"])
     cfg = model_config_from_dict(config["model"], run_dir / CONFIG_FILE)
-    model = RevenaLM(cfg)
+    try:
+        model = build_model(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: {e}") from e
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -3,8 +3,8 @@
 The brief's numbers (70 M parameters, window 128, stride 64, LTM of 256 entries written above 4.5 bits
 and read above cosine 0.8, AdamW 5e-4, 500 warm-up steps, 10,000 steps, batch 8) are the ``paper``
 preset. ``cpu`` runs the whole pipeline on a 2-core CPU in about 30 minutes; ``smoke`` runs in seconds
-and is what the tests and CI use. Both arms of an experiment share every field except
-``ModelConfig.use_ltm``.
+and is what the tests and CI use. Arms (``revena_lib/arms.py``) differ from the preset only in the model
+fields their row in the arm table overrides.
 
     from revena_lib.config import get_preset
     preset = get_preset("cpu"); preset.model.n_layer
@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-
-
-ARMS = ("baseline", "with_ltm")   # the two arms of every experiment; only ModelConfig.use_ltm differs
 
 
 @dataclass
@@ -30,6 +27,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    family: str = "transformer"     # which revena_lib/models/<family>.py builds the model (set by the arm table)
     vocab_size: int = 50257         # GPT-2 BPE
     n_layer: int = 14
     n_head: int = 8
@@ -39,10 +37,12 @@ class ModelConfig:
                                     # of the previous ceil((window-1)/chunk_size) chunks (2 here), banded mask
     rope_base: float = 10_000.0
     dropout: float = 0.0
-    # Long-term memory. Only use_ltm differs between the two arms.
+    # Long-term memory (the with_ltm arm sets use_ltm; revena_lib/arms.py)
     use_ltm: bool = False
     ltm_capacity: int = 256         # entries per sequence, FIFO eviction when full
     ltm_write_threshold_bits: float = 4.5   # write tokens whose surprisal is strictly above this
+    ltm_write_rule: str = "surprisal"       # "surprisal" (the brief), or "random": as many tokens per chunk as the
+                                            # surprisal rule would write, chosen uniformly (the ablation arm)
     ltm_similarity_threshold: float = 0.8   # a memory entry is a hit when cosine(query, key) is strictly above this
     ltm_layer: int = -1             # which attention layer owns the memory (negative counts from the end)
     ltm_score_temperature: float = 0.1      # softmax over hit cosines uses cosine / temperature
@@ -60,6 +60,8 @@ class ModelConfig:
         if not -self.n_layer <= self.ltm_layer < self.n_layer:
             raise ValueError(f"ModelConfig: ltm_layer={self.ltm_layer} must name one of the {self.n_layer} layers "
                              f"(0..{self.n_layer - 1}, or negative from the end)")
+        if self.ltm_write_rule not in ("surprisal", "random"):
+            raise ValueError(f"ModelConfig: ltm_write_rule={self.ltm_write_rule!r} must be 'surprisal' or 'random'")
         if self.ltm_capacity < 1 or self.ltm_score_temperature <= 0:
             raise ValueError(f"ModelConfig: ltm_capacity={self.ltm_capacity} must be >= 1 and "
                              f"ltm_score_temperature={self.ltm_score_temperature} > 0")

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib.config import ARMS, get_preset
+from revena_lib.arms import DEFAULT_ARMS as ARMS
+from revena_lib.config import get_preset
 from revena_lib.paths import results_dir as default_results_dir, trained_dir as default_trained_dir
 from revena_lib.recall import make_recall_items, score_recall_items, summarize_recall
 from revena_lib.tokenizer import get_tokenizer

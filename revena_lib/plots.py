@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from revena_lib.config import ARMS
+from revena_lib.arms import DEFAULT_ARMS as ARMS
 from revena_lib.paths import results_dir as default_results_dir
 
 ARM_LABELS = {"baseline": "baseline (STM only)", "with_ltm": "with LTM"}

@@ -124,7 +124,7 @@ def threshold_sweep(model, tokens, thresholds, device=None) -> list[dict]:
     The model is copied with ``ltm_write_threshold_bits`` replaced, so this works whether the model reads
     its config at forward time or at construction. Returns one dict per threshold.
     """
-    from revena_lib.model import RevenaLM
+    from revena_lib.models.transformer import RevenaLM
 
     device = torch.device(device) if device is not None else model_device(model)
     idx = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)[None]     # (1, T)

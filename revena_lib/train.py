@@ -29,7 +29,8 @@ import torch
 
 from revena_lib import checkpoint as ckpt
 from revena_lib.checkpoint import CheckpointError
-from revena_lib.config import ARMS, PRESETS, Preset, TrainConfig, get_preset
+from revena_lib.arms import ARMS
+from revena_lib.config import PRESETS, Preset, TrainConfig, get_preset
 from revena_lib.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed, dtype_name,
                                init_distributed, is_main_process, needs_grad_scaler, rank, select_device, world_size)
 from revena_lib.paths import trained_dir
@@ -341,7 +342,7 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
     from tqdm.auto import tqdm
 
     from revena_lib.data import load_split
-    from revena_lib.model import RevenaLM
+    from revena_lib.models import build_model
 
     main, ranks, my_rank = is_main_process(), world_size(), rank()
     if cfg.batch_size % ranks:
@@ -353,7 +354,7 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
     chars_per_token = characters_per_token(val_split)
 
     torch.manual_seed(seed)  # same initial weights for both arms wherever their shapes coincide
-    model = RevenaLM(preset.model).to(device)
+    model = build_model(preset.model).to(device)
     optimizer = make_optimizer(model, cfg, device)
     dtype = DTYPES[state["dtype"]] if state else autocast_dtype(device)  # a resumed run keeps its dtype
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, dtype) else None

@@ -55,7 +55,7 @@ def test_mean_intervals():
 def test_document_nll_is_the_models_loss(smoke_data):
     from revena_lib.config import get_preset
     from revena_lib.data import load_split
-    from revena_lib.model import RevenaLM
+    from revena_lib.models.transformer import RevenaLM
 
     torch.manual_seed(0)
     model = RevenaLM(get_preset("smoke").model).eval()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig, get_preset
-from revena_lib.model import LongTermMemory, ModelError, RevenaLM, parameter_count
+from revena_lib.models.transformer import LongTermMemory, ModelError, RevenaLM, parameter_count
 
 V = 512   # a small vocabulary keeps the tests fast; the model code is vocabulary-agnostic
 

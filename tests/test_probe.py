@@ -16,7 +16,7 @@ TEXT = "Fellow-Citizens of the Senate and House of Representatives: the pass key
 
 
 def tiny_model(use_ltm=True):
-    from revena_lib.model import RevenaLM
+    from revena_lib.models.transformer import RevenaLM
 
     torch.manual_seed(0)
     cfg = get_preset("smoke").model

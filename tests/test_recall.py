@@ -116,7 +116,7 @@ def test_oracle_scores_one_and_wrong_model_zero(val):
 
 @pytest.mark.parametrize("use_ltm", [False, True])
 def test_tiny_model_scores_are_sane_and_batching_changes_nothing(val, use_ltm):
-    from revena_lib.model import RevenaLM
+    from revena_lib.models.transformer import RevenaLM
 
     torch.manual_seed(0)
     cfg = get_preset("smoke").model

@@ -19,7 +19,7 @@ weights restricted to the hits and added to the head's attention output through 
 sigmoid(ltm_gate_logit[h]). No hit -> exactly zero contribution. Both arms run the same chunked code path;
 only the memory differs, and the gate (n_head scalars) is the LTM arm's only extra parameter.
 
-    from revena_lib.model import RevenaLM; from revena_lib.config import get_preset
+    from revena_lib.models.transformer import RevenaLM; from revena_lib.config import get_preset
     out = RevenaLM(get_preset("smoke").model).forward(idx, targets)  # out.logits (B,T,V), out.loss, out.stats
 """
 
@@ -104,6 +104,24 @@ def parameter_count(cfg: ModelConfig) -> int:
     per_layer = 2 * (2 * c) + 3 * c * c + c * c + 4 * c * c + 4 * c * c   # 2 LayerNorms, qkv, proj, MLP in+out
     total = cfg.vocab_size * c + cfg.n_layer * per_layer + 2 * c           # tied embedding, final LayerNorm
     return total + (cfg.n_head if cfg.use_ltm else 0)                      # LTM gate: one scalar per head
+
+
+def write_mask(surprisal: torch.Tensor, positions: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Which tokens of one chunk the LTM writes: (B, L) bool from surprisal bits (B, L) and positions (B, L).
+
+    ``surprisal`` (the brief): tokens strictly above ``ltm_write_threshold_bits``. ``random`` (the ablation arm):
+    per row, exactly as many tokens as the surprisal rule would write in this chunk, chosen uniformly among the
+    chunk's positions (from torch's global generator), so only *which* tokens are written differs.
+    Position 0 (the sequence's first token, with no prediction) is never written.
+    """
+    eligible = positions > 0
+    routed = (surprisal > cfg.ltm_write_threshold_bits) & eligible
+    if cfg.ltm_write_rule == "surprisal":
+        return routed
+    n = routed.sum(dim=1, keepdim=True)                                          # (B, 1) the surprisal rule's count
+    noise = torch.rand(surprisal.shape, device=surprisal.device).masked_fill(~eligible, 2.0)   # ineligible last
+    rank = noise.argsort(dim=1).argsort(dim=1)                                   # (B, L) 0 = first chosen
+    return (rank < n) & eligible
 
 
 # ----------------------------------------------------------------------------------------------- modules
@@ -390,8 +408,7 @@ class RevenaLM(nn.Module):
                 nll_sum = nll_sum + torch.where(ok, nll, torch.zeros_like(nll)).sum()
                 n_targets = n_targets + ok.sum()
             if use_ltm:
-                surp_c = surprisal[:, s:e]
-                routed = (surp_c > cfg.ltm_write_threshold_bits) & (positions[:, s:e] > 0)
+                routed = write_mask(surprisal[:, s:e], positions[:, s:e], cfg)
                 routed_all[:, s:e] = routed
                 ev = memory.write(routed, kv[:, :, s:e], positions[:, s:e])
                 if introspect:

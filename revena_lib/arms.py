@@ -1,0 +1,80 @@
+"""The arm table: the one place an arm of the experiment is defined.
+
+An arm is a name, a model family (``revena_lib/models/<family>.py``), config overrides applied to the
+preset's ``ModelConfig``, a one-line description, and how plots draw it. Every arm shares the data,
+tokenizer, batches, schedule, seeds, evaluation and plots; adding an arm means adding a row here (and, for
+a new family, its model file). Override values are ModelConfig fields; the string ``"seq_len"`` stands
+for the preset's training length (the full-attention arm's window).
+
+    from revena_lib.arms import ARMS, arm_preset
+    preset = arm_preset("cpu", "with_ltm")   # the cpu preset with this arm's model config
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from revena_lib.config import Preset, get_preset
+
+
+@dataclass(frozen=True)
+class Arm:
+    family: str                         # model family: a key of revena_lib.models.FAMILIES
+    description: str                    # one line, shown in notebooks, results.json and --help
+    overrides: dict = field(default_factory=dict)   # ModelConfig field -> value ("seq_len": the preset's)
+    label: str = ""                     # short label for plots (default: the arm's name)
+    colour: str = "#333333"
+
+
+ARMS: dict[str, Arm] = {
+    "baseline": Arm("transformer", "STM only: causal attention over a sliding window of 128 tokens",
+                    label="baseline (STM only)", colour="#7f7f7f"),
+    "with_ltm": Arm("transformer", "the brief: the same STM plus a surprisal-routed long-term memory in one layer",
+                    {"use_ltm": True}, label="with LTM", colour="#1f77b4"),
+    "ltm_random_write": Arm("transformer", "ablation: the same memory, writing a random subset of tokens at exactly "
+                            "the rate the surprisal rule writes in that chunk",
+                            {"use_ltm": True, "ltm_write_rule": "random"}, label="LTM, random writes",
+                            colour="#ff7f0e"),
+    "full_attention": Arm("transformer", "ceiling: no memory, the window widened to the training length",
+                          {"window": "seq_len"}, label="full attention", colour="#2ca02c"),
+}
+
+BASELINE = "baseline"                    # every other arm is compared with this one
+DEFAULT_ARMS = ("baseline", "with_ltm")  # the brief's pair: always run
+
+# Evaluation-time ablations: a trained arm scored again with different forward() switches (same weights).
+READ_ABLATIONS = {
+    "with_ltm_reads_off": ("with_ltm", {"memory_read": False}, "the trained with_ltm model scored with memory reads off"),
+}
+
+
+class ArmError(ValueError):
+    pass
+
+
+def check_arm(name: str) -> Arm:
+    if name not in ARMS:
+        raise ArmError(f"unknown arm {name!r}: choose one of {', '.join(ARMS)} (the table is revena_lib/arms.py)")
+    return ARMS[name]
+
+
+def parse_arms(spec) -> tuple[str, ...]:
+    """'baseline,with_ltm' or a sequence -> a tuple of known arm names, baseline first (comparisons need it)."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if not names:
+        raise ArmError("no arms given: name at least one, e.g. arms='baseline,with_ltm'")
+    for name in names:
+        check_arm(name)
+    ordered = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
+    return tuple(ordered)
+
+
+def arm_preset(preset: str | Preset, arm: str) -> Preset:
+    """A copy of ``preset`` whose model config is this arm's (family and overrides applied)."""
+    spec = check_arm(arm)
+    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    values = {k: (preset.train.seq_len if v == "seq_len" else v) for k, v in spec.overrides.items()}
+    preset.model = dataclasses.replace(preset.model, family=spec.family, **values)
+    return preset
