@@ -22,6 +22,7 @@ import html
 import numpy as np
 import torch
 
+from revena_lib.models.transformer import memory_rates
 from revena_lib.recall import model_device
 from revena_lib.tokenizer import EOT_ID
 
@@ -98,7 +99,7 @@ def trace_document(model, tokens, device=None) -> dict:
         "top_ids_without": without_ids, "top_probs_without": without_probs,
         "use_ltm": bool(cfg.use_ltm), "threshold_bits": float(cfg.ltm_write_threshold_bits),
         "similarity_threshold": float(cfg.ltm_similarity_threshold), "capacity": int(cfg.ltm_capacity),
-        "chunk_size": int(cfg.chunk_size), "stats": dict(out.stats or {}),
+        "chunk_size": int(cfg.chunk_size), "stats": memory_rates(out.stats),
     }
     if trace is not None:
         for key in ("routed", "hit_count", "top_hit_positions", "top_hit_tokens", "top_hit_cosines",
@@ -135,9 +136,9 @@ def threshold_sweep(model, tokens, thresholds, device=None) -> list[dict]:
         variant = RevenaLM(cfg).to(device).eval()
         variant.load_state_dict(model.state_dict())
         out = variant(idx)
+        rates = memory_rates(out.stats)
         rows.append({"write_threshold_bits": float(threshold),
-                     "routed_token_ratio": float(out.stats.get("routed_token_ratio", 0.0)),
-                     "ltm_hit_rate": float(out.stats.get("ltm_hit_rate", 0.0)),
+                     "routed_token_ratio": rates["routed_token_ratio"], "ltm_hit_rate": rates["ltm_hit_rate"],
                      "bits_per_token": float(out.surprisal_bits[0, 1:].double().mean())})
         del variant
     return rows

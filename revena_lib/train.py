@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,14 @@ import torch
 
 from revena_lib import checkpoint as ckpt
 from revena_lib.checkpoint import CheckpointError
-from revena_lib.arms import ARMS
+from revena_lib.arms import ARMS, BASELINE, arm_preset, check_arm
 from revena_lib.config import PRESETS, Preset, TrainConfig, get_preset
 from revena_lib.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed, dtype_name,
                                init_distributed, is_main_process, needs_grad_scaler, rank, select_device, world_size)
+from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
 from revena_lib.paths import trained_dir
 from revena_lib.tokenizer import EOT_ID, N_VOCAB
 
-STAT_KEYS = ("routed_token_ratio", "avg_surprisal_routed", "ltm_hit_rate")
 # Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
 VAL_BATCH_SEED = 20_240_601
 
@@ -49,22 +50,16 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM during train(): a checkpoint was saved; ``--resume`` continues from it."""
 
 
-def arm_name(with_ltm: bool) -> str:
-    return "with_ltm" if with_ltm else "baseline"
-
-
 def run_dir(arm: str, seed: int, root=None, preset: str = "cpu") -> Path:
     """``trained/<arm>/<preset>/seed-<seed>``: the preset is part of the path, so a smoke run and a cpu run
     live side by side and switching presets never meets a checkpoint of another model size."""
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
+    check_arm(arm)
     return Path(root or trained_dir()) / arm / preset / f"seed-{seed}"
 
 
 def find_runs(arm: str, root=None, preset: str | None = None) -> list[Path]:
     """Finished run directories of one arm (of one preset, when given), sorted by preset then seed."""
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}: choose one of {', '.join(ARMS)}")
+    check_arm(arm)
     runs = []
     for d in (Path(root or trained_dir()) / arm).glob("*/seed-*"):
         try:
@@ -236,8 +231,8 @@ def _data_summary(meta: dict) -> dict:
 
 
 def _empty_accumulator() -> dict:
-    """Sums over the steps since the last metrics line (loss, seconds, LTM stats)."""
-    return {"steps": 0, "loss": 0.0, "seconds": 0.0, **{k: 0.0 for k in STAT_KEYS}}
+    """Sums over the steps since the last metrics line: loss, seconds, and the memory's counts."""
+    return {"steps": 0, "loss": 0.0, "seconds": 0.0, "counts": {}}
 
 
 class _StopFlag:
@@ -276,11 +271,12 @@ def _start_wandb(run_path: Path, name: str, config: dict):
 # -----------------------------------------------------------------------------
 # The training loop
 
-def train(preset: str | Preset, with_ltm: bool, seed: int | None = None, steps: int | None = None, out_dir=None,
-          resume: bool = False, wandb: bool = False, progress: bool = True, device=None,
-          force: bool = False, stop_at: int | None = None) -> Path:
-    """Train one arm; returns the run directory.
+def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, steps: int | None = None,
+          out_dir=None, resume: bool = False, wandb: bool = False, progress: bool = True, device=None,
+          force: bool = False, stop_at: int | None = None, with_ltm: bool | None = None) -> Path:
+    """Train one arm (a name from ``revena_lib/arms.py``); returns the run directory.
 
+    with_ltm: the brief's spelling (True -> arm "with_ltm", False -> "baseline"); overrides ``arm``.
     resume: continue the run in the directory from its checkpoint (exactly: same batches, optimizer, RNG);
         a finished run is returned as is; with no checkpoint there, start fresh.
     force: delete an existing run in the directory and start over (otherwise an existing run is refused).
@@ -288,7 +284,9 @@ def train(preset: str | Preset, with_ltm: bool, seed: int | None = None, steps: 
         for splitting a long run into jobs, and for tests.
     Ctrl-C / SIGTERM: saves a checkpoint and raises TrainingInterrupted.
     """
-    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    if with_ltm is not None:
+        arm = "with_ltm" if with_ltm else BASELINE
+    preset = arm_preset(preset, arm)
     seed = preset.train.seed if seed is None else int(seed)
     if seed < 0:
         raise TrainError(f"--seed must be >= 0 (got {seed})")
@@ -296,14 +294,26 @@ def train(preset: str | Preset, with_ltm: bool, seed: int | None = None, steps: 
         raise TrainError(f"--steps must be >= 0 (got {steps}; 0 = the preset's default)")
     if steps:
         preset.train.steps = int(steps)
-    preset.model.use_ltm = bool(with_ltm)
     preset.train.seed = seed
-    arm = arm_name(with_ltm)
     out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
-    ckpt_path, config_path, metrics_path = out / ckpt.CHECKPOINT_FILE, out / ckpt.CONFIG_FILE, out / ckpt.METRICS_FILE
+    state = _resume_state(out, preset, seed, steps, resume, force)
+    if state == "finished":
+        return out
 
-    # Decide between fresh start, resumption and refusal before touching data or devices.
-    state = None
+    device = select_device(device)
+    distributed = init_distributed(device)
+    try:
+        run = _setup_run(preset, arm, seed, out, state, device, distributed)
+        return _train_loop(run, wandb, progress, stop_at)
+    finally:
+        if distributed:
+            cleanup_distributed()
+
+
+def _resume_state(out: Path, preset: Preset, seed: int, steps, resume: bool, force: bool):
+    """Decide between fresh start (None), resumption (the checkpoint dict) and refusal, before touching data or
+    devices. Returns "finished" for a finished run asked to resume. A resumed run keeps its saved recipe."""
+    ckpt_path, config_path = out / ckpt.CHECKPOINT_FILE, out / ckpt.CONFIG_FILE
     existing = config_path.exists() or ckpt_path.exists()
     if existing and resume and ckpt_path.exists():
         state = ckpt.load_checkpoint(ckpt_path)
@@ -315,8 +325,9 @@ def train(preset: str | Preset, with_ltm: bool, seed: int | None = None, steps: 
         if state["step"] >= preset.train.steps:
             if is_main_process():
                 print(f"revena: {out} already finished {state['step']} steps; nothing to do", file=sys.stderr)
-            return out
-    elif existing and not resume and not force:
+            return "finished"
+        return state
+    if existing and not resume and not force:
         try:
             old = json.loads(config_path.read_text())
             what = f"{'finished' if old.get('finished') else 'unfinished'}, {old.get('steps_done')} steps"
@@ -324,158 +335,206 @@ def train(preset: str | Preset, with_ltm: bool, seed: int | None = None, steps: 
             what = "unreadable config.json"
         raise TrainError(f"{out} already holds a run ({what}): pass --resume to continue it, --force to delete it "
                          "and start over, or --out DIR for a new run")
-    cfg = preset.train
-
-    device = select_device(device)
-    distributed = init_distributed(device)
-    try:
-        return _train(preset, cfg, arm, seed, out, state, device, distributed, wandb, progress, force, stop_at,
-                      ckpt_path, config_path, metrics_path)
-    finally:
-        if distributed:
-            cleanup_distributed()
+    return None
 
 
-def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, progress, force, stop_at,
-           ckpt_path, config_path, metrics_path) -> Path:
-    import torch.distributed as dist
-    from tqdm.auto import tqdm
+@dataclass
+class _Run:
+    """Everything one training run holds between steps (built by _setup_run, advanced by _train_loop)."""
+    preset: Preset
+    arm: str
+    seed: int
+    out: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    distributed: bool
+    model: torch.nn.Module
+    step_model: torch.nn.Module            # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: object | None
+    train_split: object
+    val_batches: list
+    chars_per_token: float
+    config: dict                           # config.json's content
+    start_step: int = 0
+    train_seconds: float = 0.0
+    accumulator: dict = field(default_factory=lambda: _empty_accumulator())
 
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.preset.train
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / ckpt.CHECKPOINT_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / ckpt.METRICS_FILE
+
+
+def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, distributed) -> _Run:
+    """Data, model, optimizer (restored from ``state`` when resuming) and the run's files."""
     from revena_lib.data import load_split
     from revena_lib.models import build_model
 
-    main, ranks, my_rank = is_main_process(), world_size(), rank()
+    cfg, ranks = preset.train, world_size()
     if cfg.batch_size % ranks:
         raise TrainError(f"batch_size {cfg.batch_size} is not divisible by the {ranks} processes; "
                          "choose --nproc_per_node dividing it")
     train_split, val_split = load_split("train"), load_split("val")
     _usable_documents(train_split, cfg.seq_len)
-    val_batches = validation_batches(val_split, cfg)
-    chars_per_token = characters_per_token(val_split)
 
-    torch.manual_seed(seed)  # same initial weights for both arms wherever their shapes coincide
+    torch.manual_seed(seed)  # same initial weights for every arm wherever their shapes coincide
     model = build_model(preset.model).to(device)
     optimizer = make_optimizer(model, cfg, device)
     dtype = DTYPES[state["dtype"]] if state else autocast_dtype(device)  # a resumed run keeps its dtype
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, dtype) else None
-    start_step, train_seconds = 0, 0.0
-    accumulator = _empty_accumulator()
+    run = _Run(preset, arm, seed, out, device, dtype, distributed, model,
+               torch.nn.parallel.DistributedDataParallel(model) if distributed else model, optimizer, scaler,
+               train_split, validation_batches(val_split, cfg), characters_per_token(val_split), config={})
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        start_step, train_seconds, accumulator = state["step"], state["train_seconds"], dict(state["accumulator"])
-    step_model = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+        run.start_step, run.train_seconds, run.accumulator = state["step"], state["train_seconds"], dict(state["accumulator"])
+    _write_run_files(run, fresh=state is None)
+    return run
 
-    # Files: rank 0 only. A fresh (or forced) run starts from empty files; a resumed one drops metric lines
-    # logged after its checkpoint, so the resumed log continues exactly where the checkpoint stood.
-    config = {
-        "preset": preset.name, "arm": arm, "seed": seed,
-        "model": dataclasses.asdict(preset.model), "train": dataclasses.asdict(cfg),
-        "data": dataclasses.asdict(preset.data), "eval": dataclasses.asdict(preset.eval),
-        "data_meta": _data_summary(train_split.meta),
-        "device": device.type, "dtype": dtype_name(dtype), "torch_version": torch.__version__,
-        "world_size": ranks, "num_parameters": model.num_parameters(),
-        "val_characters_per_token": chars_per_token,
-        "unigram_bpc": None, "finished": False, "steps_done": start_step, "train_seconds": train_seconds,
+
+def _write_run_files(run: _Run, fresh: bool) -> None:
+    """config.json, and metrics.jsonl cut back to the checkpoint's step (rank 0 only). A fresh (or forced) run
+    starts from empty files; a resumed one drops metric lines logged after its checkpoint."""
+    run.config = {
+        "preset": run.preset.name, "arm": run.arm, "family": run.preset.model.family,
+        "arm_description": ARMS[run.arm].description, "seed": run.seed,
+        "model": dataclasses.asdict(run.preset.model), "train": dataclasses.asdict(run.cfg),
+        "data": dataclasses.asdict(run.preset.data), "eval": dataclasses.asdict(run.preset.eval),
+        "data_meta": _data_summary(run.train_split.meta),
+        "device": run.device.type, "dtype": dtype_name(run.dtype), "torch_version": torch.__version__,
+        "world_size": world_size(), "num_parameters": run.model.num_parameters(),
+        "val_characters_per_token": run.chars_per_token,
+        "unigram_bpc": None, "finished": False, "steps_done": run.start_step, "train_seconds": run.train_seconds,
     }
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        if state is None:
-            for stale in (ckpt_path, metrics_path):
-                if stale.exists():
-                    stale.unlink()
-        try:
-            previous = json.loads(config_path.read_text()) if state else {}
-        except (OSError, ValueError):
-            previous = {}
-        config["unigram_bpc"] = previous.get("unigram_bpc") or unigram_bpc()
-        ckpt.write_text(metrics_path, "".join(line + "\n" for line in _read_metric_lines(metrics_path, start_step)))
-        ckpt.write_json(config_path, config)
-    wandb_run = _start_wandb(out, f"{arm}-seed{seed}", config) if (use_wandb and main) else None
+    if not is_main_process():
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for stale in (run.ckpt_path, run.metrics_path):
+            if stale.exists():
+                stale.unlink()
+    try:
+        previous = {} if fresh else json.loads((run.out / ckpt.CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        previous = {}
+    run.config["unigram_bpc"] = previous.get("unigram_bpc") or unigram_bpc()
+    lines = _read_metric_lines(run.metrics_path, run.start_step)
+    ckpt.write_text(run.metrics_path, "".join(line + "\n" for line in lines))
+    ckpt.write_json(run.out / ckpt.CONFIG_FILE, run.config)
 
-    def save(steps_done: int, finished: bool) -> None:
-        if not main:
-            return
-        ckpt.save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": steps_done, "seed": seed, "arm": arm, "dtype": dtype_name(dtype),
-            "config": {"model": config["model"], "train": config["train"], "data": config["data"]},
-            "rng": _rng_state(), "accumulator": dict(accumulator), "train_seconds": train_seconds,
-        })
-        ckpt.write_json(config_path, {**config, "finished": finished, "steps_done": steps_done,
-                                      "train_seconds": train_seconds})
 
+def _save(run: _Run, steps_done: int, finished: bool) -> None:
+    """Atomic checkpoint plus config.json's progress fields (rank 0 only)."""
+    if not is_main_process():
+        return
+    ckpt.save_checkpoint(run.ckpt_path, {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "step": steps_done, "seed": run.seed, "arm": run.arm, "dtype": dtype_name(run.dtype),
+        "config": {"model": run.config["model"], "train": run.config["train"], "data": run.config["data"]},
+        "rng": _rng_state(), "accumulator": dict(run.accumulator), "train_seconds": run.train_seconds,
+    })
+    ckpt.write_json(run.out / ckpt.CONFIG_FILE, {**run.config, "finished": finished, "steps_done": steps_done,
+                                                 "train_seconds": run.train_seconds})
+
+
+def _optimizer_step(run: _Run, step: int, stop) -> torch.Tensor:
+    """One step on this rank's rows of the global batch. Returns [loss, memory counts..., stop flag] summed over
+    ranks (float64, CPU): one all-reduce carries the loss, the memory's counts and a Ctrl-C on any rank
+    (``stop.signum``, read after the step so a signal during it stops the run right after)."""
+    cfg, ranks, my_rank = run.cfg, world_size(), rank()
+    lr = lr_at_step(step, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x, y = batch_for_step(run.train_split, run.seed, step, cfg.batch_size, cfg.seq_len)   # (B, T) global batch
+    x, y = x[my_rank::ranks].to(run.device), y[my_rank::ranks].to(run.device)            # this rank's rows
+    with autocast(run.device, run.dtype):
+        output = run.step_model(x, y)
+    loss = output.loss if run.scaler is None else run.scaler.scale(output.loss)
+    loss.backward()
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    values = torch.tensor([float(output.loss.detach().float())]
+                          + [float(output.stats.get(k, 0.0)) for k in MEMORY_COUNT_KEYS]
+                          + [1.0 if stop.signum is not None else 0.0], dtype=torch.float64)
+    if run.distributed:
+        import torch.distributed as dist
+        values = values.to(run.device)
+        dist.all_reduce(values)
+        values = values.cpu()
+        values[0] /= ranks   # each rank's loss is a mean over equal-sized slices; counts are sums
+    return values
+
+
+def _metrics_record(run: _Run, steps_done: int, eta_s: float, is_eval: bool) -> dict:
+    """One metrics.jsonl line from the accumulator (steps since the last line), with validation on eval steps."""
+    acc, n = run.accumulator, run.accumulator["steps"]
+    record = {"step": steps_done, "loss": acc["loss"] / n, "lr": lr_at_step(steps_done - 1, run.cfg),
+              "tok_per_sec": run.cfg.batch_size * run.cfg.seq_len * n / max(acc["seconds"], 1e-9), "eta_s": eta_s,
+              "LTM_enabled": bool(getattr(run.preset.model, "use_ltm", False)),
+              **memory_rates(acc["counts"])}
+    if is_eval:
+        val_loss = validation_loss(run.model, run.val_batches, run.device, run.dtype)
+        record["val_loss"] = val_loss
+        record["val_bpc"] = val_loss / math.log(2) / run.chars_per_token
+    return record
+
+
+def _train_loop(run: _Run, use_wandb: bool, progress: bool, stop_at: int | None) -> Path:
+    from tqdm.auto import tqdm
+
+    cfg, main = run.cfg, is_main_process()
+    wandb_run = _start_wandb(run.out, f"{run.arm}-seed{run.seed}", run.config) if (use_wandb and main) else None
     tokens_per_step = cfg.batch_size * cfg.seq_len
-    session_start_step, session_seconds = start_step, 0.0
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and main), dynamic_ncols=True,
-               desc=f"{arm} seed {seed}", unit="step")
-    model.train()
-    stopped_by = None
+    session_seconds, stopped_by, steps_done = 0.0, None, run.start_step
+    bar = tqdm(total=cfg.steps, initial=run.start_step, disable=not (progress and main), dynamic_ncols=True,
+               desc=f"{run.arm} seed {run.seed}", unit="step")
+    run.model.train()
     with _StopFlag() as stop:
-        for step in range(start_step, cfg.steps):
+        for step in range(run.start_step, cfg.steps):
             t0 = time.perf_counter()
-            lr = lr_at_step(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = batch_for_step(train_split, seed, step, cfg.batch_size, cfg.seq_len)  # (B, T) global batch
-            x, y = x[my_rank::ranks].to(device), y[my_rank::ranks].to(device)           # this rank's rows
-            with autocast(device, dtype):
-                output = step_model(x, y)
-            if scaler is not None:
-                scaler.scale(output.loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                output.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            # Loss and stats averaged over ranks (each saw equal-sized slices), plus the stop flag, in one reduce.
-            values = torch.tensor([float(output.loss.detach().float())] + [float(output.stats.get(k, 0.0)) for k in STAT_KEYS]
-                                  + [1.0 if stop.signum is not None else 0.0], dtype=torch.float64)
-            if distributed:
-                values = values.to(device)
-                dist.all_reduce(values)
-                values = values.cpu() / ranks
+            values = _optimizer_step(run, step, stop)
             seconds = time.perf_counter() - t0
-            train_seconds += seconds
+            run.train_seconds += seconds
             session_seconds += seconds
-            accumulator["steps"] += 1
-            accumulator["seconds"] += seconds
-            accumulator["loss"] += float(values[0])
-            for i, key in enumerate(STAT_KEYS):
-                accumulator[key] += float(values[1 + i])
+            acc = run.accumulator
+            acc["steps"] += 1
+            acc["seconds"] += seconds
+            acc["loss"] += float(values[0])
+            for i, key in enumerate(MEMORY_COUNT_KEYS):
+                acc["counts"][key] = acc["counts"].get(key, 0.0) + float(values[1 + i])
 
             steps_done = step + 1
-            eta_s = (cfg.steps - steps_done) * session_seconds / (steps_done - session_start_step)
+            eta_s = (cfg.steps - steps_done) * session_seconds / (steps_done - run.start_step)
             bar.update(1)
             bar.set_postfix(loss=f"{float(values[0]):.3f}", tok_s=f"{tokens_per_step / seconds:,.0f}",
                             eta=f"{eta_s / 60:.1f}min", refresh=False)
 
             is_eval = steps_done % cfg.eval_interval == 0 or steps_done == cfg.steps
             if steps_done % cfg.log_interval == 0 or is_eval:
-                n = accumulator["steps"]
-                record = {
-                    "step": steps_done, "loss": accumulator["loss"] / n, "lr": lr,
-                    "tok_per_sec": tokens_per_step * n / max(accumulator["seconds"], 1e-9), "eta_s": eta_s,
-                    "LTM_enabled": bool(preset.model.use_ltm),
-                    **{key: accumulator[key] / n for key in STAT_KEYS},
-                }
-                if is_eval:
-                    val_loss = validation_loss(model, val_batches, device, dtype)
-                    record["val_loss"] = val_loss
-                    record["val_bpc"] = val_loss / math.log(2) / chars_per_token
-                accumulator = _empty_accumulator()
+                record = _metrics_record(run, steps_done, eta_s, is_eval)
+                run.accumulator = _empty_accumulator()
                 if main:
-                    with open(metrics_path, "a") as f:
+                    with open(run.metrics_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     if wandb_run is not None:
                         wandb_run.log(record, step=steps_done)
@@ -483,7 +542,7 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
                         bar.write(f"step {steps_done}: loss {record['loss']:.4f} val_loss {record['val_loss']:.4f} "
                                   f"val_bpc {record['val_bpc']:.4f}")
                 if is_eval:
-                    save(steps_done, finished=steps_done == cfg.steps)
+                    _save(run, steps_done, finished=steps_done == cfg.steps)
 
             if float(values[-1]) > 0:
                 stopped_by = "signal"
@@ -491,19 +550,19 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
                 stopped_by = "stop_at"
             if stopped_by:
                 if not is_eval:
-                    save(steps_done, finished=False)
+                    _save(run, steps_done, finished=False)
                 break
     bar.close()
     if wandb_run is not None:
         wandb_run.finish()
-    if distributed:
+    if run.distributed:
         # Checksum of the weights, printed by every rank: identical numbers show the ranks stayed in sync.
-        checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
-        print(f"revena: rank {my_rank} final param checksum {checksum:.10e}", file=sys.stderr)
+        checksum = sum(float(p.detach().double().sum()) for p in run.model.parameters())
+        print(f"revena: rank {rank()} final param checksum {checksum:.10e}", file=sys.stderr)
     if stopped_by == "signal":
-        raise TrainingInterrupted(f"interrupted at step {steps_done}: checkpoint saved to {ckpt_path}; "
+        raise TrainingInterrupted(f"interrupted at step {steps_done}: checkpoint saved to {run.ckpt_path}; "
                                   f"continue with --resume")
-    return out
+    return run.out
 
 
 # -----------------------------------------------------------------------------
@@ -512,8 +571,9 @@ def _train(preset, cfg, arm, seed, out, state, device, distributed, use_wandb, p
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m revena_lib.train",
-        description="Train one arm of the Revena experiment (baseline transformer, or the same model with a "
-                    "long-term memory) on the prepared data (python -m revena_lib.prepare_data first).",
+        description="Train one arm of the Revena experiment (the baseline transformer, the same model with a "
+                    "long-term memory, or any other arm of revena_lib/arms.py) on the prepared data "
+                    "(python -m revena_lib.prepare_data first).",
         epilog="The run goes to trained/<arm>/<preset>/seed-<seed>/ under REVENA_HOME (default: the repo): config.json, "
                "metrics.jsonl, checkpoint.pt. An existing run is never overwritten silently: --resume continues "
                "it (a finished one is left as is), --force deletes it and starts over, --out DIR trains elsewhere. "
@@ -522,8 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
                "Env: REVENA_DTYPE=fp32|bf16|fp16 overrides the autocast dtype, REVENA_THREADS the CPU threads.",
     )
     arm = parser.add_mutually_exclusive_group()
-    arm.add_argument("--baseline", action="store_true", help="train the baseline arm: no memory (the default)")
-    arm.add_argument("--with-ltm", action="store_true", help="train the arm with the long-term memory")
+    arm.add_argument("--arm", choices=list(ARMS), default=None, metavar="NAME",
+                     help="which arm to train, from the arm table (revena_lib/arms.py): "
+                          + "; ".join(f"{name}: {a.description}" for name, a in ARMS.items()))
+    arm.add_argument("--baseline", action="store_true", help="the brief's spelling of --arm baseline (the default)")
+    arm.add_argument("--with-ltm", action="store_true", help="the brief's spelling of --arm with_ltm")
     parser.add_argument("--preset", default="cpu",
                         help=f"sizes and recipe: {', '.join(PRESETS)} (default: cpu; smoke = seconds, "
                              "paper = the brief's 70M models on a GPU)")
@@ -555,7 +618,8 @@ def main(argv=None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     try:
-        out = train(preset, with_ltm=args.with_ltm, seed=args.seed, steps=args.steps, out_dir=args.out,
+        arm = "with_ltm" if args.with_ltm else (args.arm or BASELINE)
+        out = train(preset, arm=arm, seed=args.seed, steps=args.steps, out_dir=args.out,
                     resume=args.resume, wandb=args.wandb, progress=not args.no_progress, device=args.device,
                     force=args.force, stop_at=args.stop_at)
     except TrainingInterrupted as e:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig, get_preset
-from revena_lib.models.transformer import LongTermMemory, ModelError, RevenaLM, parameter_count
+from revena_lib.models.transformer import LongTermMemory, ModelError, RevenaLM, memory_rates, parameter_count
 
 V = 512   # a small vocabulary keeps the tests fast; the model code is vocabulary-agnostic
 
@@ -156,15 +156,19 @@ def test_stats_match_the_trace():
     tr = out.trace
     assert torch.equal(tr.routed[:, 1:], tr.surprisal_bits[:, 1:] > 9.0) and not tr.routed[:, 0].any()
     assert 0 < tr.routed.sum() < tr.routed[:, 1:].numel(), "pick a threshold that routes some tokens"
-    assert out.stats["routed_token_ratio"] == pytest.approx(tr.routed.sum().item() / (2 * 39))
-    assert out.stats["avg_surprisal_routed"] == pytest.approx(tr.surprisal_bits[tr.routed].mean().item(), rel=1e-5)
-    assert out.stats["ltm_hit_rate"] == pytest.approx((tr.hit_count > 0).float().mean().item())
+    assert out.stats["routed_tokens"] == tr.routed.sum().item() and out.stats["predicted_tokens"] == 2 * 39
+    assert out.stats["hit_tokens"] == (tr.hit_count > 0).sum().item() and out.stats["tokens"] == 2 * 40
+    rates = memory_rates(out.stats)
+    assert rates["routed_token_ratio"] == pytest.approx(tr.routed.sum().item() / (2 * 39))
+    assert rates["avg_surprisal_routed"] == pytest.approx(tr.surprisal_bits[tr.routed].mean().item(), rel=1e-5)
+    assert rates["ltm_hit_rate"] == pytest.approx((tr.hit_count > 0).float().mean().item())
     assert all(isinstance(v, float) for v in out.stats.values())
 
 
 def test_baseline_has_zero_stats_and_no_trace():
     out = build()(tokens(1, 20), introspect=True)
-    assert out.stats == {"routed_token_ratio": 0.0, "avg_surprisal_routed": 0.0, "ltm_hit_rate": 0.0}
+    assert out.stats == {}
+    assert memory_rates(out.stats) == {"routed_token_ratio": 0.0, "avg_surprisal_routed": 0.0, "ltm_hit_rate": 0.0}
     assert out.trace is None
     assert build(use_ltm=True)(tokens(1, 20)).trace is None   # trace only when asked
 
@@ -257,7 +261,7 @@ def test_no_hit_means_exactly_the_memory_free_output():
     with torch.no_grad():
         with_mem = model(idx, introspect=True)
         without = model(idx, memory_read=False)
-    assert with_mem.trace.hit_count.sum() == 0 and with_mem.stats["ltm_hit_rate"] == 0.0
+    assert with_mem.trace.hit_count.sum() == 0 and with_mem.stats["hit_tokens"] == 0.0
     assert with_mem.trace.occupancy[:, -1].min() > 0, "entries were written, just never hit"
     assert torch.equal(with_mem.logits, without.logits)
 
@@ -270,7 +274,7 @@ def test_hits_change_the_output_and_memory_read_false_disables_them():
     c = model.cfg.chunk_size
     assert torch.equal(with_mem.logits[:, :c], without.logits[:, :c])       # chunk 0 has nothing to read
     assert not torch.allclose(with_mem.logits[:, c:], without.logits[:, c:])
-    assert without.stats["ltm_hit_rate"] == 0.0 and without.stats["routed_token_ratio"] > 0   # writes still happen
+    assert without.stats["hit_tokens"] == 0.0 and without.stats["routed_tokens"] > 0   # writes still happen
     assert without.trace.occupancy[:, -1].min() > 0
 
 

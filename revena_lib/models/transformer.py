@@ -61,11 +61,30 @@ class ModelOutput:
     logits: torch.Tensor                      # (B, T, V)
     loss: torch.Tensor | None                 # scalar mean cross-entropy in nats, or None without targets
     surprisal_bits: torch.Tensor              # (B, T) detached float32; 0.0 at position 0
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)   # memory_counts(...) sums; {} without a memory
     trace: MemoryTrace | None = None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+MEMORY_COUNT_KEYS = ("tokens", "predicted_tokens", "routed_tokens", "routed_surprisal_bits", "hit_tokens")
+
+
+def memory_counts(tokens, predicted_tokens, routed_tokens, routed_surprisal_bits, hit_tokens) -> dict[str, float]:
+    """What a memory did on one forward call, as sums (so batches, ranks and documents add up exactly):
+    tokens seen, tokens with a prediction (T-1 per row), tokens written, their summed surprisal, tokens with a hit."""
+    return dict(zip(MEMORY_COUNT_KEYS, map(float, (tokens, predicted_tokens, routed_tokens, routed_surprisal_bits,
+                                                   hit_tokens))))
+
+
+def memory_rates(counts: dict) -> dict[str, float]:
+    """The brief's logged ratios from summed ``memory_counts``: 0.0 for a model without a memory."""
+    get = lambda k: float(counts.get(k, 0.0))
+    return {"routed_token_ratio": get("routed_tokens") / max(get("predicted_tokens"), 1.0),
+            "avg_surprisal_routed": get("routed_surprisal_bits") / get("routed_tokens") if get("routed_tokens") else 0.0,
+            "ltm_hit_rate": get("hit_tokens") / max(get("tokens"), 1.0)}
+
+
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin of shape (T, head_dim), float32, for the rotate-half RoPE convention:
@@ -415,15 +434,12 @@ class RevenaLM(nn.Module):
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
         loss = nll_sum / n_targets if targets is not None else None
-        stats = {"routed_token_ratio": 0.0, "avg_surprisal_routed": 0.0, "ltm_hit_rate": 0.0}
+        stats = {}
         trace = None
         if use_ltm:
-            n_routed = routed_all.sum()
             routed_surprisal = torch.where(routed_all, surprisal, torch.zeros_like(surprisal)).sum()
-            vals = torch.stack([n_routed.float(), routed_surprisal, hit_all.sum().float()]).tolist()  # one sync
-            stats = {"routed_token_ratio": vals[0] / max(B * (T - 1), 1),
-                     "avg_surprisal_routed": vals[1] / vals[0] if vals[0] else 0.0,
-                     "ltm_hit_rate": vals[2] / (B * T)}
+            counts = torch.stack([routed_all.sum().float(), routed_surprisal, hit_all.sum().float()]).tolist()  # one sync
+            stats = memory_counts(B * T, B * (T - 1), *counts)
             if introspect:   # an entry's token id is the token at its position
                 top_tok = torch.where(top_pos >= 0, idx.gather(1, top_pos.clamp(min=0).flatten(1)).view_as(top_pos), -1)
                 trace = MemoryTrace(surprisal.cpu(), routed_all.cpu(), hit_count.cpu(), top_pos.cpu(),
