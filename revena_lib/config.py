@@ -89,17 +89,20 @@ class TrainConfig:
 class EvalConfig:
     max_docs: int = 0               # validation documents for BPC (0 = all)
     max_tokens_per_doc: int = 0     # read each document from its start up to this many tokens (0 = whole)
+    doc_seed: int = 0               # which max_docs documents: a seeded random sample of the validation split
     batch_size: int = 8
     recall_distances: tuple[int, ...] = (32, 64, 96, 192, 256, 384, 512, 768, 1024)
     recall_items_per_distance: int = 64
     recall_seed: int = 2024
     bootstrap_samples: int = 2000
-    throughput_tokens: int = 32_768  # tokens timed for tokens_per_sec, after warm-up
+    throughput_tokens: int = 32_768  # tokens timed for tokens_per_sec, after warm-up ...
+    throughput_batches: int = 20     # ... and never fewer timed batches than this (the same for every arm)
 
 
 @dataclass
 class Preset:
     name: str
+    seeds: tuple[int, ...] = (1337,)   # what run_all / notebook 03 train per arm; intervals resample them
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -125,6 +128,7 @@ def _smoke() -> Preset:
 def _cpu() -> Preset:
     return Preset(
         name="cpu",
+        seeds=(1337, 1338, 1339),   # three seeds per arm: headline intervals include training noise
         # 250k characters keeps every State of the Union address whole (the longest has 217k): ~2.07 M tokens,
         # and long documents are what give the LTM something to remember beyond the window.
         data=DataConfig(max_doc_chars=250_000),

@@ -1,11 +1,13 @@
-"""Evaluation: both trained arms on the validation split -> ``results/results.json``.
+"""Evaluation: every trained arm on the validation split -> ``results/results.json``.
 
-Top level is exactly the brief's ``{"baseline": {...}, "with_ltm": {...}}``; each arm has ``bpc``,
-``long_range_recall``, ``memory_hit_rate`` (0.0 for the baseline) and ``tokens_per_sec``, plus extras:
-bits per byte, graded recall, recall by distance, the control items, routed token ratio, 95% bootstrap
-intervals, per-seed numbers and, under ``run``, what was evaluated where (corpus, preset, device, dtype,
-seeds, date). ``with_ltm.vs_baseline`` holds the paired differences (with_ltm - baseline) and their
-intervals: documents (BPC) and recall items are the same for both arms, so they are resampled jointly.
+Top level keeps the brief's ``{"baseline": {...}, "with_ltm": {...}}`` (each with ``bpc``,
+``long_range_recall``, ``memory_hit_rate``, ``tokens_per_sec``) and adds one key per further arm (the arm
+table, ``revena_lib/arms.py``) and per evaluation-time ablation (``with_ltm_reads_off``: the trained
+with_ltm weights scored with memory reads off), plus ``comparisons``: every arm against ``baseline``, each
+metric with its difference, a 95% interval and a verdict (better / worse / no detectable difference).
+Intervals include training noise: they resample seeds, then documents or recall items (``revena_lib/stats.py``).
+Per-seed numbers, BPC by position in the document, recall by distance, throughput (median over >= 20
+timed batches) and what was evaluated where (corpus, preset, device, dtype, seeds) are kept per arm.
 
     python -m revena_lib.evaluate --preset cpu        # or: from revena_lib.evaluate import evaluate
 """
@@ -18,75 +20,31 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from revena_lib.arms import DEFAULT_ARMS as ARMS
-from revena_lib.config import get_preset
+from revena_lib import stats
+from revena_lib.arms import ARMS, BASELINE, READ_ABLATIONS, parse_arms
+from revena_lib.config import EvalConfig, get_preset
+from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
 from revena_lib.paths import results_dir as default_results_dir, trained_dir as default_trained_dir
 from revena_lib.recall import make_recall_items, score_recall_items, summarize_recall
-from revena_lib.tokenizer import get_tokenizer
+from revena_lib.tokenizer import EOT_ID, get_tokenizer
 
 BRIEF_KEYS = ("bpc", "long_range_recall", "memory_hit_rate", "tokens_per_sec")
 RESULTS_FILE = "results.json"
 DETAILS_FILE = "results_details.json"
 THROUGHPUT_WARMUP_BATCHES = 2
+POSITION_BUCKETS = ((0, 128), (128, 512), (512, None))   # token positions in a document: where a memory can help
+# metric -> (lower is better?) for comparisons and verdicts
+COMPARED = {"bpc": True, "bits_per_byte": True, "long_range_recall": False, "long_range_recall_logprob_bits": False}
 
 
 class EvalError(RuntimeError):
     pass
-
-
-# -----------------------------------------------------------------------------
-# Bootstrap intervals (numpy only, deterministic per seed)
-
-def _resample(n: int, samples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(samples, n))    # (S, n) indices
-
-
-def _interval(values: np.ndarray) -> list[float]:
-    lo, hi = np.nanpercentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
-def bootstrap_ratio_ci(numerator, denominator, samples: int = 2000, seed: int = 0) -> list[float]:
-    """95% interval of sum(numerator) / sum(denominator), resampling items (e.g. documents: NLL bits / characters)."""
-    num, den = np.asarray(numerator, float), np.asarray(denominator, float)
-    if len(num) == 0:
-        return [float("nan"), float("nan")]
-    idx = _resample(len(num), samples, seed)
-    return _interval(num[idx].sum(1) / den[idx].sum(1))
-
-
-def paired_bootstrap_ratio_diff(numerator_a, numerator_b, denominator, samples: int = 2000, seed: int = 0) -> dict:
-    """Paired difference of ratios of sums, b - a, resampling items jointly (both arms on the same documents)."""
-    a, b, den = (np.asarray(x, float) for x in (numerator_a, numerator_b, denominator))
-    diff = float(b.sum() / den.sum() - a.sum() / den.sum()) if len(a) else float("nan")
-    if len(a) == 0:
-        return {"diff": diff, "ci95": [float("nan"), float("nan")], "p_b_better": float("nan")}
-    idx = _resample(len(a), samples, seed)
-    d = den[idx].sum(1)
-    diffs = b[idx].sum(1) / d - a[idx].sum(1) / d
-    # Share of resamples in which b's ratio is lower (for NLL: b compresses better).
-    return {"diff": diff, "ci95": _interval(diffs), "p_b_better": float((diffs < 0).mean())}
-
-
-def bootstrap_mean_ci(values, samples: int = 2000, seed: int = 0) -> list[float]:
-    x = np.asarray(values, float)
-    if len(x) == 0:
-        return [float("nan"), float("nan")]
-    return _interval(x[_resample(len(x), samples, seed)].mean(1))
-
-
-def paired_bootstrap_mean_diff(values_a, values_b, samples: int = 2000, seed: int = 0) -> dict:
-    """Mean of b - a with a 95% interval, resampling the paired items."""
-    a, b = np.asarray(values_a, float), np.asarray(values_b, float)
-    if len(a) == 0:
-        return {"diff": float("nan"), "ci95": [float("nan"), float("nan")]}
-    d = b - a
-    return {"diff": float(d.mean()), "ci95": _interval(d[_resample(len(d), samples, seed)].mean(1))}
 
 
 # -----------------------------------------------------------------------------
@@ -97,16 +55,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def evaluation_documents(split, max_docs: int, max_tokens_per_doc: int) -> list[dict]:
-    """The validation documents BPC is measured on: first ``max_docs`` (0 = all), each cut to ``max_tokens_per_doc``.
+def bucket_name(lo: int, hi: int | None) -> str:
+    return f"{lo}-{hi - 1}" if hi else f"{lo}+"
 
-    Characters/bytes are the document's own (meta.json) when it is whole, else those of exactly the
-    decoded tokens kept, so the denominator always matches the tokens scored.
+
+def evaluation_documents(split, max_docs: int, max_tokens_per_doc: int, seed: int = 0) -> list[dict]:
+    """The validation documents BPC is measured on: a seeded random sample of ``max_docs`` (0 = all, in order),
+    each cut to ``max_tokens_per_doc``. A random sample, not the first N: the split keeps the corpus's order,
+    and the first documents of the State of the Union corpus are its oldest speeches.
+
+    Characters/bytes are the document's own (meta.json) when it is whole, else those of exactly the decoded
+    tokens kept, so the denominator always matches the tokens scored. Each document also carries the characters
+    of each position bucket (``POSITION_BUCKETS``), for BPC by position.
     """
     enc = get_tokenizer()
-    n = split.num_docs if max_docs <= 0 else min(max_docs, split.num_docs)
+    if 0 < max_docs < split.num_docs:
+        indices = sorted(np.random.default_rng(seed).choice(split.num_docs, size=max_docs, replace=False).tolist())
+    else:
+        indices = range(split.num_docs)
     docs = []
-    for i in range(n):
+    for i in indices:
         tokens = np.asarray(split.document(i), dtype=np.int64)
         truncated = 0 < max_tokens_per_doc < len(tokens)
         if truncated:
@@ -117,62 +85,68 @@ def evaluation_documents(split, max_docs: int, max_tokens_per_doc: int) -> list[
             characters, n_bytes = int(split.doc_characters[i]), int(split.doc_bytes[i])
         if len(tokens) < 2 or characters == 0:
             continue  # nothing to predict
-        docs.append({"index": i, "tokens": tokens, "characters": characters, "bytes": n_bytes, "truncated": truncated})
+        buckets = [len(enc.decode_bytes([t for t in tokens[lo:hi].tolist() if t != EOT_ID]).decode("utf-8", "replace"))
+                   for lo, hi in POSITION_BUCKETS]
+        docs.append({"index": int(i), "tokens": tokens, "characters": characters, "bytes": n_bytes,
+                     "truncated": truncated, "bucket_characters": buckets})
     if not docs:
         raise EvalError("no validation document has text to evaluate; prepare data: python -m revena_lib.prepare_data")
     return docs
 
 
 @torch.inference_mode()
-def document_nll(model, docs: list[dict], device: torch.device, progress: bool = False) -> dict:
-    """Per-document NLL in bits (memory empty at each document's start: one forward call each) and LTM stats."""
-    nll_bits, hit_tokens, routed_tokens, routed_surprisal, predicted = [], 0.0, 0.0, 0.0, 0
+def document_nll(model, docs: list[dict], device: torch.device, progress: bool = False, **switches) -> dict:
+    """Per-document NLL in bits, per position bucket too (memory empty at each document's start: one forward call
+    each), and the memory's summed counts. ``switches`` go to forward (e.g. memory_read=False).
+    The surprisal comes from fp32 log-probabilities whatever the autocast dtype of the forward pass."""
+    nll_bits, bucket_bits, counts = [], [], {}
     iterator = docs
     if progress:
         from tqdm import tqdm  # plain text bar: no widget left behind in executed notebooks
         iterator = tqdm(docs, desc="  documents", leave=False)
     for doc in iterator:
         idx = torch.as_tensor(doc["tokens"], dtype=torch.long, device=device)[None]   # (1, L)
-        out = model(idx)
+        out = model(idx, **switches)
         # surprisal_bits[:, t] = -log2 p(idx[t] | idx[:t]); position 0 (the opening EOT) has no prediction.
-        nll_bits.append(float(out.surprisal_bits[0, 1:].double().sum()))
-        tokens = idx.shape[1]
-        stats = out.stats or {}
-        hit_tokens += float(stats.get("ltm_hit_rate", 0.0)) * tokens
-        # the model normalises hits by all T tokens, routing by the T-1 tokens that have a prediction
-        routed = float(stats.get("routed_token_ratio", 0.0)) * (tokens - 1)
-        routed_tokens += routed
-        routed_surprisal += float(stats.get("avg_surprisal_routed", 0.0)) * routed
-        predicted += tokens - 1
-    total_tokens = sum(len(d["tokens"]) for d in docs)
-    return {
-        "nll_bits": np.array(nll_bits),
-        "memory_hit_rate": hit_tokens / total_tokens,
-        "routed_token_ratio": routed_tokens / predicted,
-        "avg_surprisal_routed": routed_surprisal / routed_tokens if routed_tokens else 0.0,
-        "predicted_tokens": predicted,
-    }
+        bits = out.surprisal_bits[0].double().cpu().numpy()                             # (L,)
+        nll_bits.append(float(bits[1:].sum()))
+        bucket_bits.append([float(bits[lo:hi].sum()) for lo, hi in POSITION_BUCKETS])
+        for key, value in (out.stats or {}).items():
+            counts[key] = counts.get(key, 0.0) + float(value)
+    return {"nll_bits": np.array(nll_bits), "bucket_bits": np.array(bucket_bits),        # (D,), (D, buckets)
+            "counts": counts, "predicted_tokens": int(sum(len(d["tokens"]) - 1 for d in docs))}
 
 
-def throughput_batches(split, batch_size: int, seq_len: int, total_tokens: int) -> list[torch.Tensor]:
-    """Fixed (B, T) batches cut from the validation token stream; the same ones for both arms."""
+def unigram_document_bits(train_split, docs: list[dict], vocab_size: int) -> np.ndarray:
+    """NLL bits per evaluation document under a unigram model of the training tokens (add-one smoothed over the
+    vocabulary, document-opening EOTs left out): the reference any trained model must clear by far, scored on
+    exactly the documents and tokens the arms are scored on."""
+    counts = np.bincount(np.asarray(train_split.tokens), minlength=vocab_size).astype(np.float64)  # (V,)
+    counts[EOT_ID] = 0.0
+    counts += 1.0
+    bits = -np.log2(counts / counts.sum())
+    return np.array([float(bits[d["tokens"][1:]].sum()) for d in docs])
+
+
+def throughput_batches(split, batch_size: int, seq_len: int, total_tokens: int,
+                       min_batches: int = 20) -> list[torch.Tensor]:
+    """Fixed (B, T) batches cut from the validation token stream, the same ones for every arm: enough for
+    ``total_tokens`` and never fewer than ``min_batches`` timed batches, plus the warm-up batches."""
     per_batch = batch_size * seq_len
-    n_batches = max(1, math.ceil(total_tokens / per_batch))
+    n_batches = max(min_batches, math.ceil(total_tokens / per_batch))
     stream = np.asarray(split.tokens, dtype=np.int64)
     need = (n_batches + THROUGHPUT_WARMUP_BATCHES) * per_batch
     if len(stream) < need:
         stream = np.resize(stream, need)  # repeat a short split: throughput does not care what the text says
-    batches = [torch.from_numpy(stream[k * per_batch:(k + 1) * per_batch].reshape(batch_size, seq_len).copy())
-               for k in range(n_batches + THROUGHPUT_WARMUP_BATCHES)]
-    return batches
+    return [torch.from_numpy(stream[k * per_batch:(k + 1) * per_batch].reshape(batch_size, seq_len).copy())
+            for k in range(n_batches + THROUGHPUT_WARMUP_BATCHES)]
 
 
 @torch.inference_mode()
 def measure_throughput(models: dict, batches: list[torch.Tensor], device: torch.device, samples: int = 2000) -> dict:
-    """Forward-pass tokens/sec per arm, after warm-up, arms interleaved (alternating who goes first).
-
-    Returns {arm: {"tokens_per_sec", "ci95" (bootstrap over timed batches), "timed_tokens", "timed_batches"}}.
-    """
+    """Forward-pass tokens/sec per arm, after warm-up, arms interleaved (the order rotating every batch), so load
+    on the machine hits every arm alike. Returns {arm: {"tokens_per_sec" (median over timed batches), "ci95"
+    (bootstrap of the median), "timed_batches", ...}}."""
     from revena_lib.device import autocast
 
     warmup, timed = batches[:THROUGHPUT_WARMUP_BATCHES], batches[THROUGHPUT_WARMUP_BATCHES:]
@@ -185,238 +159,345 @@ def measure_throughput(models: dict, batches: list[torch.Tensor], device: torch.
         _sync(device)
         for k, x in enumerate(timed):
             x = x.to(device)
-            for arm in (arms if k % 2 == 0 else arms[::-1]):
+            shift = k % len(arms)
+            for arm in arms[shift:] + arms[:shift]:
                 _sync(device)
                 start = time.perf_counter()
                 models[arm](x)
                 _sync(device)
                 seconds[arm].append(time.perf_counter() - start)
-    per_batch_tokens = timed[0].numel()
+    tokens = timed[0].numel()
     out = {}
     for arm in arms:
-        s = np.array(seconds[arm])
-        idx = _resample(len(s), samples, 0)
-        rates = per_batch_tokens * len(s) / s[idx].sum(1)
-        out[arm] = {"tokens_per_sec": float(per_batch_tokens * len(s) / s.sum()), "ci95": _interval(rates),
-                    "timed_tokens": int(per_batch_tokens * len(s)), "timed_batches": len(s),
-                    "batch_size": int(timed[0].shape[0]), "seq_len": int(timed[0].shape[1])}
+        median, ci = stats.median_ci(tokens / np.array(seconds[arm]), samples)
+        out[arm] = {"tokens_per_sec": median, "ci95": ci, "timed_batches": len(timed),
+                    "timed_tokens": int(tokens * len(timed)), "batch_size": int(timed[0].shape[0]),
+                    "seq_len": int(timed[0].shape[1]), "statistic": "median over timed batches"}
     return out
 
 
+class ForwardWith(torch.nn.Module):
+    """A trained model called with fixed forward() switches (e.g. memory_read=False): an evaluation-time ablation
+    with the same weights."""
+
+    def __init__(self, model, **switches):
+        super().__init__()
+        self.model, self.switches, self.cfg = model, switches, model.cfg
+
+    def forward(self, idx, targets=None, introspect=False, **_):
+        return self.model(idx, targets, introspect=introspect, **self.switches)
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+
 # -----------------------------------------------------------------------------
-# Both arms -> results.json
+# Every arm -> results.json
 
 def _missing_arm_message(arm: str, trained_root: Path, preset: str) -> str:
-    flag = "--with-ltm" if arm == "with_ltm" else "--baseline"
+    flag = {"baseline": "--baseline", "with_ltm": "--with-ltm"}.get(arm, f"--arm {arm}")
     return (f"no finished {preset} run in {trained_root / arm / preset}/: train it first with "
             f"`python -m revena_lib.train --preset {preset} {flag}` (or run notebooks/03_train.ipynb)")
 
 
-def _check_arms_match(runs: dict) -> None:
-    """Both arms must share every model setting except use_ltm, or the comparison means nothing."""
+def find_arm_runs(arms, trained_root: Path, preset: str | None) -> dict[str, list[Path]]:
+    """{arm: finished run dirs} for the named arms (all must have one), or, with arms=None, for every arm of
+    the table that has a finished run of the preset (baseline must)."""
+    from revena_lib.train import find_runs
+
+    wanted = parse_arms(arms) if arms is not None else tuple(ARMS)
+    runs = {arm: find_runs(arm, root=trained_root, preset=preset) for arm in wanted}
+    required = wanted if arms is not None else (BASELINE,)
+    for arm in required:
+        if not runs[arm]:
+            raise EvalError(_missing_arm_message(arm, trained_root, preset or "cpu"))
+    return {arm: dirs for arm, dirs in runs.items() if dirs}
+
+
+def _comparable(config: dict, arm: str) -> dict:
+    """What must be identical across arms: the model config except this arm's own overrides, the recipe except
+    the seed, the preset, the compute dtype, the corpus and the tokenizer."""
+    overridden = set(ARMS[arm].overrides) | {"family"} if arm in ARMS else {"family"}
+    data_meta = config.get("data_meta") or {}
+    return {
+        "preset": config.get("preset"), "dtype": config.get("dtype"),
+        **{f"model.{k}": v for k, v in (config.get("model") or {}).items() if k not in overridden},
+        **{f"train.{k}": v for k, v in (config.get("train") or {}).items() if k != "seed"},
+        "corpus": data_meta.get("corpus"), "tokenizer": data_meta.get("tokenizer"),
+    }
+
+
+def check_arms_match(runs: dict[str, list[Path]]) -> None:
+    """Arms must differ only in their own row of the arm table, or a comparison means nothing: refuse runs
+    trained with other settings, another dtype, corpus or tokenizer, naming both runs and the fields."""
     from revena_lib.checkpoint import read_config
 
     reference = None
-    for arm in ARMS:
-        for run_dir in runs[arm]:
+    for arm, dirs in runs.items():
+        for run_dir in dirs:
             config = read_config(run_dir)
-            model = {k: v for k, v in config.get("model", {}).items() if k != "use_ltm"}
+            mine = _comparable(config, arm)
             if reference is None:
-                reference = (run_dir, config.get("preset"), model)
+                reference = (run_dir, arm, mine)
                 continue
-            ref_dir, ref_preset, ref_model = reference
-            if model != ref_model or config.get("preset") != ref_preset:
-                diff = sorted(k for k in set(model) | set(ref_model) if model.get(k) != ref_model.get(k))
+            ref_dir, ref_arm, theirs = reference
+            diff = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+            if diff:
                 raise EvalError(
-                    f"{run_dir} (preset {config.get('preset')!r}) and {ref_dir} (preset {ref_preset!r}) were trained "
-                    f"with different settings{' (' + ', '.join(diff) + ')' if diff else ''}: both arms must differ only "
-                    "in the LTM. Retrain one arm with the other's --preset (python -m revena_lib.train --preset P "
-                    "--baseline / --with-ltm --force)")
+                    f"{run_dir} and {ref_dir} were trained with different settings ("
+                    + ", ".join(f"{k}: {mine[k]!r} vs {theirs[k]!r}" for k in diff[:6])
+                    + "): arms must differ only in their row of the arm table (revena_lib/arms.py). Retrain one "
+                    "with the other's --preset (python -m revena_lib.train --preset P --arm NAME --force)")
 
 
-def _float_dict(d: dict) -> dict:
-    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in d.items()}
+@dataclass
+class _Scored:
+    """One arm's measurements, seeds stacked: nll (S, D), bucket_bits (S, D, buckets), recall score dicts (S lists)."""
+    seeds: list
+    nll: np.ndarray
+    bucket_bits: np.ndarray
+    recall: list
+    counts: list
+    run_dirs: list
+    configs: list
+    num_parameters: int
+    has_memory: bool
 
 
-def evaluate(preset="smoke", data_dir=None, trained_root=None, results_dir=None, device=None,
+def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> tuple[_Scored, torch.nn.Module]:
+    """Load and score every seed of one arm; returns the measurements and the first seed's model (for timing)."""
+    from revena_lib.checkpoint import load_model
+    from revena_lib.device import autocast
+
+    seeds, nll, buckets, recall, counts, configs, first = [], [], [], [], [], [], None
+    for run_dir in run_dirs:
+        model, config = load_model(run_dir, device=device)
+        if switches:
+            model = ForwardWith(model, **switches)
+        log(f"evaluate: {arm} seed {config.get('seed')} ({run_dir})")
+        with autocast(device):
+            measured = document_nll(model, docs, device, **({"progress": True} if log.verbose else {}))
+            recall.append(score_recall_items(model, items, device=device, batch_size=ecfg.batch_size))
+        seeds.append(config.get("seed", run_dir.name))
+        nll.append(measured["nll_bits"])
+        buckets.append(measured["bucket_bits"])
+        counts.append(measured["counts"])
+        configs.append(config)
+        first = model if first is None else first
+    memory = bool(getattr(first.cfg, "use_ltm", False)) and (not switches or switches.get("memory_read", True))
+    return _Scored(seeds, np.stack(nll), np.stack(buckets), recall, counts, list(map(str, run_dirs)), configs,
+                   int(first.num_parameters()), memory), first
+
+
+def _recall_matrix(scored: _Scored, key: str, mask: np.ndarray) -> np.ndarray:
+    return np.array([[r[key] for r, keep in zip(rows, mask) if keep] for rows in scored.recall], float)  # (S, N')
+
+
+def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) -> dict:
+    """One arm's entry of results.json."""
+    chars = np.array([d["characters"] for d in docs], float)
+    n_bytes = np.array([d["bytes"] for d in docs], float)
+    bucket_chars = np.array([d["bucket_characters"] for d in docs], float)                 # (D, buckets)
+    beyond = np.array([it.kind == "passkey" and it.distance > window for it in items])
+    samples, seed = ecfg.bootstrap_samples, ecfg.recall_seed
+    # Per-item scores averaged over seeds, for the by-distance tables (intervals come from the matrices).
+    mean_scores = [dict(rows[0], **{k: float(np.mean([r[k] for r in rows])) for k in
+                                    ("exact_match", "answer_logprob_bits", "memory_hit_rate", "answer_hit",
+                                     "answer_hit_in_fact")})
+                   for rows in zip(*scored.recall)]
+    summary = summarize_recall(mean_scores, window=window)
+    exact, logprob = (_recall_matrix(scored, k, beyond) for k in ("exact_match", "answer_logprob_bits"))
+    rates = [memory_rates(c) for c in scored.counts]
+    rate = lambda key: float(np.mean([r[key] for r in rates])) if scored.has_memory else 0.0
+    spec = ARMS.get(arm)
+    by_position = {}
+    for b, (lo, hi) in enumerate(POSITION_BUCKETS):
+        has = bucket_chars[:, b] > 0
+        if has.any():
+            name = bucket_name(lo, hi)
+            by_position[name] = {"bpc": stats.point(scored.bucket_bits[:, has, b], bucket_chars[has, b]),
+                                 "ci95": stats.hierarchical_ci(scored.bucket_bits[:, has, b], bucket_chars[has, b],
+                                                               samples, seed),
+                                 "documents": int(has.sum()), "characters": int(bucket_chars[has, b].sum())}
+    config = scored.configs[0]
+    return {
+        "bpc": stats.point(scored.nll, chars),
+        "long_range_recall": stats.point(exact),
+        "memory_hit_rate": rate("ltm_hit_rate"),
+        "tokens_per_sec": throughput["tokens_per_sec"],
+        "description": spec.description if spec else READ_ABLATIONS[arm][2],
+        "family": config.get("family", "transformer"),
+        "bits_per_byte": stats.point(scored.nll, n_bytes),
+        "bpc_by_position": by_position,
+        "long_range_recall_logprob_bits": stats.point(logprob),
+        "control_recall": summary["control_recall"],
+        "control_recall_logprob_bits": summary["control_recall_logprob_bits"],
+        "routed_token_ratio": rate("routed_token_ratio"),
+        "avg_surprisal_routed": rate("avg_surprisal_routed"),
+        "recall_by_distance": summary["recall_by_distance"],
+        "ci95": {
+            "bpc": stats.hierarchical_ci(scored.nll, chars, samples, seed),
+            "bits_per_byte": stats.hierarchical_ci(scored.nll, n_bytes, samples, seed),
+            "long_range_recall": stats.hierarchical_ci(exact, None, samples, seed),
+            "long_range_recall_logprob_bits": stats.hierarchical_ci(logprob, None, samples, seed),
+            "tokens_per_sec": throughput["ci95"],
+            "note": "95% bootstrap resampling seeds, then documents (bpc) or recall items (recall): includes "
+                    "training noise; tokens_per_sec: median over timed batches, bootstrap of the median",
+        },
+        "per_seed": {
+            str(s): {"bpc": float(scored.nll[k].sum() / chars.sum()),
+                     "long_range_recall": float(exact[k].mean()) if exact.size else float("nan"),
+                     "long_range_recall_logprob_bits": float(logprob[k].mean()) if logprob.size else float("nan"),
+                     "memory_hit_rate": rates[k]["ltm_hit_rate"] if scored.has_memory else 0.0,
+                     "routed_token_ratio": rates[k]["routed_token_ratio"] if scored.has_memory else 0.0}
+            for k, s in enumerate(scored.seeds)
+        },
+        "num_parameters": scored.num_parameters,
+        "run": {
+            "seeds": scored.seeds, "run_dirs": scored.run_dirs,
+            "steps_done": [c.get("steps_done") for c in scored.configs],
+            "trained_preset": config.get("preset"), "train_device": config.get("device"),
+            "train_dtype": config.get("dtype"), "window": int((config.get("model") or {}).get("window", window)),
+            "trained_corpus": (config.get("data_meta") or {}).get("corpus"),
+        },
+    }
+
+
+def _comparison(reference: _Scored, scored: _Scored, docs, items, window, ecfg, against: str) -> dict:
+    """Each COMPARED metric of ``scored`` minus ``reference``, with interval and verdict, plus one sentence."""
+    chars = np.array([d["characters"] for d in docs], float)
+    n_bytes = np.array([d["bytes"] for d in docs], float)
+    beyond = np.array([it.kind == "passkey" and it.distance > window for it in items])
+    paired = [str(s) for s in reference.seeds] == [str(s) for s in scored.seeds]
+    values = {"bpc": (reference.nll, scored.nll, chars), "bits_per_byte": (reference.nll, scored.nll, n_bytes)}
+    for key, item_key in (("long_range_recall", "exact_match"), ("long_range_recall_logprob_bits", "answer_logprob_bits")):
+        values[key] = (_recall_matrix(reference, item_key, beyond), _recall_matrix(scored, item_key, beyond), None)
+    out = {"against": against}
+    for key, lower_is_better in COMPARED.items():
+        a, b, den = values[key]
+        out[key] = stats.compare(a, b, den, lower_is_better, paired, ecfg.bootstrap_samples, ecfg.recall_seed)
+    out["summary"] = (f"BPC: {out['bpc']['verdict']} ({out['bpc']['diff']:+.4f}, 95% CI "
+                      f"[{out['bpc']['ci95'][0]:+.4f}, {out['bpc']['ci95'][1]:+.4f}]); long-range recall: "
+                      f"{out['long_range_recall']['verdict']} ({out['long_range_recall']['diff']:+.3f}, 95% CI "
+                      f"[{out['long_range_recall']['ci95'][0]:+.3f}, {out['long_range_recall']['ci95'][1]:+.3f}])")
+    return out
+
+
+class _Log:
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+
+    def __call__(self, msg: str) -> None:
+        if self.verbose:
+            print(msg, file=sys.stderr)
+
+
+def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, results_dir=None, device=None,
              progress=True) -> dict:
-    """Evaluate every finished seed of both arms; write ``results.json`` (+ ``results_details.json``); return the results dict.
+    """Evaluate every finished seed of the arms; write ``results.json`` (+ ``results_details.json``); return it.
 
-    ``preset``: whose EvalConfig to use (documents, recall distances/items, throughput tokens); a name, a
-    ``Preset``, or None for the preset the runs were trained with. Both arms must have been trained with
-    the same model settings (apart from the LTM) or an EvalError says which runs differ.
+    ``preset``: whose EvalConfig to use (documents, recall distances/items, throughput); a name, a ``Preset``, or
+    None for the preset the runs were trained with. ``arms``: names or 'a,b' (default: every arm of the table
+    with a finished run; baseline is required). Arms must differ only in their row of the arm table.
     """
-    from revena_lib.checkpoint import load_model, read_config
+    from revena_lib.checkpoint import read_config
     from revena_lib.data import load_split
-    from revena_lib.device import autocast, autocast_dtype, dtype_name, select_device
-    from revena_lib.train import find_runs
+    from revena_lib.device import autocast_dtype, dtype_name, select_device
 
     trained_root = Path(trained_root) if trained_root else default_trained_dir()
     results_path = Path(results_dir) if results_dir else default_results_dir()
     wanted = preset if isinstance(preset, str) or preset is None else preset.name
-    runs = {arm: find_runs(arm, root=trained_root, preset=wanted) for arm in ARMS}
-    for arm in ARMS:
-        if not runs[arm]:
-            raise EvalError(_missing_arm_message(arm, trained_root, wanted or "cpu"))
+    runs = find_arm_runs(arms, trained_root, wanted)
     if wanted is None:
-        trained_presets = sorted({read_config(d).get("preset") for arm in ARMS for d in runs[arm]})
+        trained_presets = sorted({read_config(d).get("preset") for dirs in runs.values() for d in dirs})
         if len(trained_presets) > 1:
             raise EvalError(f"{trained_root} holds runs of several presets ({', '.join(trained_presets)}): "
                             "choose one with --preset")
-    _check_arms_match(runs)
-    if preset is None:  # the preset both arms were trained with
-        preset = read_config(runs["with_ltm"][0]).get("preset") or "cpu"
-    preset_obj = get_preset(preset) if isinstance(preset, str) else preset
-    ecfg = preset_obj.eval
+    check_arms_match(runs)
+    base_config = read_config(runs[BASELINE][0])
+    preset_obj = get_preset(preset or base_config.get("preset") or "cpu") if not hasattr(preset, "eval") else preset
+    ecfg: EvalConfig = preset_obj.eval
     device = select_device(device)
-
-    window = int(read_config(runs["baseline"][0]).get("model", {}).get("window", 128))
+    window = int(base_config.get("model", {}).get("window", 128))
     if not any(d > window for d in ecfg.recall_distances):
         raise EvalError(f"EvalConfig.recall_distances {tuple(ecfg.recall_distances)} has no distance beyond the "
                         f"{window}-token window, so long_range_recall is undefined: add one (e.g. {2 * window})")
-    val = load_split("val", data_dir=data_dir)
-    docs = evaluation_documents(val, ecfg.max_docs, ecfg.max_tokens_per_doc)
-    chars = np.array([d["characters"] for d in docs], float)
-    n_bytes = np.array([d["bytes"] for d in docs], float)
-    items = make_recall_items(val, ecfg.recall_distances, ecfg.recall_items_per_distance, ecfg.recall_seed)
-    log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
-    log(f"evaluate: {len(docs)} validation documents, {len(items)} recall items, device {device}")
 
-    per_arm, first_models, configs = {}, {}, {}
-    for arm in ARMS:
-        seeds = []
-        for run_dir in runs[arm]:
-            model, config = load_model(run_dir, device=device)
-            seed = config.get("seed", run_dir.name)
-            log(f"evaluate: {arm} seed {seed} ({run_dir})")
-            # The device's mixed precision (as in training; REVENA_DTYPE=fp32 forces full precision): on CPUs
-            # with bf16 units the 50257-way output layer is several times faster, and both arms share it.
-            with autocast(device):
-                nll = document_nll(model, docs, device, progress=progress)
-                scores = score_recall_items(model, items, device=device, batch_size=ecfg.batch_size)
-            seeds.append({"seed": seed, "run_dir": str(run_dir), "config": config, "nll": nll, "recall": scores,
-                          "num_parameters": int(model.num_parameters())})
-            if arm not in first_models:
-                first_models[arm], configs[arm] = model, config
-            else:
-                del model
-        per_arm[arm] = seeds
+    val = load_split("val", data_dir=data_dir)
+    docs = evaluation_documents(val, ecfg.max_docs, ecfg.max_tokens_per_doc, ecfg.doc_seed)
+    items = make_recall_items(val, ecfg.recall_distances, ecfg.recall_items_per_distance, ecfg.recall_seed)
+    log = _Log(progress)
+    log(f"evaluate: arms {', '.join(runs)}; {len(docs)} validation documents, {len(items)} recall items, device {device}")
+
+    scored, models = {}, {}
+    for arm, dirs in runs.items():
+        scored[arm], models[arm] = _score_arm(arm, dirs, docs, items, device, ecfg, log)
+    for name, (source, switches, _) in READ_ABLATIONS.items():
+        if source in runs:
+            scored[name], _ = _score_arm(name, runs[source], docs, items, device, ecfg, log, switches)
 
     log("evaluate: throughput")
-    seq_len = int(configs["baseline"].get("train", {}).get("seq_len", preset_obj.train.seq_len))
-    batches = throughput_batches(val, ecfg.batch_size, seq_len, ecfg.throughput_tokens)
-    throughput = measure_throughput(first_models, batches, device, samples=ecfg.bootstrap_samples)
+    seq_len = int(base_config.get("train", {}).get("seq_len", preset_obj.train.seq_len))
+    batches = throughput_batches(val, ecfg.batch_size, seq_len, ecfg.throughput_tokens, ecfg.throughput_batches)
+    throughput = measure_throughput(models, batches, device, samples=ecfg.bootstrap_samples)
+    for name, (source, _, _) in READ_ABLATIONS.items():
+        if name in scored:
+            throughput[name] = throughput[source]   # same weights; reads off costs no less to time separately
 
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    chars = np.array([d["characters"] for d in docs], float)
+    unigram = unigram_document_bits(load_split("train", data_dir=data_dir), docs,
+                                    int(base_config.get("model", {}).get("vocab_size", 50257)))
     meta = val.meta
-    n_samples, boot_seed = ecfg.bootstrap_samples, ecfg.recall_seed
-    results, details = {}, {"documents": [d["index"] for d in docs], "characters": chars.tolist(), "arms": {}}
-    pooled = {}
-    for arm in ARMS:
-        seeds = per_arm[arm]
-        # Seeds are averaged per document / per item, then the documents / items are resampled.
-        nll = np.mean([s["nll"]["nll_bits"] for s in seeds], axis=0)                        # (D,)
-        exact = np.mean([[r["exact_match"] for r in s["recall"]] for s in seeds], axis=0)   # (N,)
-        logprob = np.mean([[r["answer_logprob_bits"] for r in s["recall"]] for s in seeds], axis=0)
-        hit = np.mean([[r["memory_hit_rate"] for r in s["recall"]] for s in seeds], axis=0)
-        answer_hit = np.mean([[r["answer_hit"] for r in s["recall"]] for s in seeds], axis=0)
-        in_fact = np.mean([[r["answer_hit_in_fact"] for r in s["recall"]] for s in seeds], axis=0)
-        mean_scores = [dict(r, exact_match=float(e), answer_logprob_bits=float(lp), memory_hit_rate=float(h),
-                            answer_hit=float(ah), answer_hit_in_fact=float(f))
-                       for r, e, lp, h, ah, f in zip(seeds[0]["recall"], exact, logprob, hit, answer_hit, in_fact)]
-        summary = summarize_recall(mean_scores, window=window)
-        beyond = np.array([it.kind == "passkey" and it.distance > window for it in items])
-        pooled[arm] = {"nll": nll, "exact": exact, "logprob": logprob, "beyond": beyond}
-        memory_hit_rate = float(np.mean([s["nll"]["memory_hit_rate"] for s in seeds])) if arm == "with_ltm" else 0.0
-        config = configs[arm]
-        trained_corpus = (config.get("data_meta") or {}).get("corpus")
-        if trained_corpus and trained_corpus != meta.get("corpus"):
-            log(f"evaluate: warning: {arm} was trained on corpus {trained_corpus!r} but data/ now holds "
-                f"{meta.get('corpus')!r}; re-run prepare_data/train so both match")
-        results[arm] = {
-            "bpc": float(nll.sum() / chars.sum()),
-            "long_range_recall": summary["long_range_recall"],
-            "memory_hit_rate": memory_hit_rate,
-            "tokens_per_sec": throughput[arm]["tokens_per_sec"],
-            "bits_per_byte": float(nll.sum() / n_bytes.sum()),
-            "long_range_recall_logprob_bits": summary["long_range_recall_logprob_bits"],
-            "control_recall": summary["control_recall"],
-            "control_recall_logprob_bits": summary["control_recall_logprob_bits"],
-            "routed_token_ratio": float(np.mean([s["nll"]["routed_token_ratio"] for s in seeds])),
-            "avg_surprisal_routed": float(np.mean([s["nll"]["avg_surprisal_routed"] for s in seeds])),
-            "recall_by_distance": summary["recall_by_distance"],
-            "ci95": {
-                "bpc": bootstrap_ratio_ci(nll, chars, n_samples, boot_seed),
-                "long_range_recall": bootstrap_mean_ci(exact[beyond], n_samples, boot_seed),
-                "long_range_recall_logprob_bits": bootstrap_mean_ci(logprob[beyond], n_samples, boot_seed),
-                "tokens_per_sec": throughput[arm]["ci95"],
-            },
-            "per_seed": {
-                str(s["seed"]): _float_dict({
-                    "bpc": float(s["nll"]["nll_bits"].sum() / chars.sum()),
-                    "long_range_recall": summarize_recall(s["recall"], window)["long_range_recall"],
-                    "long_range_recall_logprob_bits":
-                        summarize_recall(s["recall"], window)["long_range_recall_logprob_bits"],
-                    "memory_hit_rate": s["nll"]["memory_hit_rate"] if arm == "with_ltm" else 0.0,
-                    "routed_token_ratio": s["nll"]["routed_token_ratio"],
-                }) for s in seeds
-            },
-            "evaluation": {
-                "documents": len(docs),
-                "predicted_tokens": int(seeds[0]["nll"]["predicted_tokens"]),
-                "characters": int(chars.sum()),
-                "bytes": int(n_bytes.sum()),
-                "max_docs": ecfg.max_docs,
-                "max_tokens_per_doc": ecfg.max_tokens_per_doc,
-                "truncated_documents": int(sum(d["truncated"] for d in docs)),
-                "note": ("bpc = NLL bits of every text token of each document read from its opening EOT, memory "
-                         "cleared per document, / characters; a document cut at max_tokens_per_doc counts the "
-                         "characters of exactly the decoded tokens scored"),
-                "recall_items": len(items),
-                "recall_distances": list(ecfg.recall_distances),
-                "recall_items_per_distance": ecfg.recall_items_per_distance,
-                "recall_seed": ecfg.recall_seed,
-                "recall_headline": f"passkey exact match (greedy, teacher-forced), mean over distances > {window}",
-                "throughput": {k: v for k, v in throughput[arm].items() if k != "tokens_per_sec"},
-                "bootstrap_samples": n_samples,
-            },
-            "run": {
-                "corpus": meta.get("corpus"),
-                "source": meta.get("source"),
-                "fallback_reason": meta.get("fallback_reason"),
-                "preset": preset_obj.name,
-                "trained_preset": config.get("preset"),
-                "seeds": [s["seed"] for s in seeds],
-                "run_dirs": [s["run_dir"] for s in seeds],
-                "steps_done": [s["config"].get("steps_done") for s in seeds],
-                "num_parameters": seeds[0]["num_parameters"],
-                "device": str(device),
-                "dtype": dtype_name(autocast_dtype(device)),
-                "train_device": config.get("device"),
-                "train_dtype": config.get("dtype"),
-                "window": window,
-                "trained_corpus": trained_corpus,
-                "date": date,
-            },
-        }
-        details["arms"][arm] = {"nll_bits": nll.tolist(),
-                                "recall": mean_scores}
-
-    a, b = pooled["baseline"], pooled["with_ltm"]
-    beyond = a["beyond"]
-    results["with_ltm"]["vs_baseline"] = {
-        "bpc": paired_bootstrap_ratio_diff(a["nll"], b["nll"], chars, n_samples, boot_seed),
-        "bits_per_byte": paired_bootstrap_ratio_diff(a["nll"], b["nll"], n_bytes, n_samples, boot_seed),
-        "long_range_recall": paired_bootstrap_mean_diff(a["exact"][beyond], b["exact"][beyond], n_samples, boot_seed),
-        "long_range_recall_logprob_bits":
-            paired_bootstrap_mean_diff(a["logprob"][beyond], b["logprob"][beyond], n_samples, boot_seed),
-        "note": "with_ltm - baseline; 95% paired bootstrap over documents (bpc) or recall items (recall)",
+    evaluated = {
+        "corpus": meta.get("corpus"), "source": meta.get("source"), "fallback_reason": meta.get("fallback_reason"),
+        "preset": preset_obj.name, "device": str(device), "dtype": dtype_name(autocast_dtype(device)),
+        "logprob_dtype": "fp32", "window": window,
+        "receptive_field": int(base_config.get("model", {}).get("n_layer", 1)) * (window - 1),
+        "documents": [d["index"] for d in docs], "document_seed": ecfg.doc_seed,
+        "predicted_tokens": int(sum(len(d["tokens"]) - 1 for d in docs)), "characters": int(chars.sum()),
+        "max_docs": ecfg.max_docs, "max_tokens_per_doc": ecfg.max_tokens_per_doc,
+        "truncated_documents": int(sum(d["truncated"] for d in docs)),
+        "recall_items": len(items), "recall_distances": list(ecfg.recall_distances),
+        "recall_items_per_distance": ecfg.recall_items_per_distance, "recall_seed": ecfg.recall_seed,
+        "recall_headline": f"passkey exact match (greedy, teacher-forced), mean over distances > {window}",
+        "throughput": {k: v for k, v in throughput[BASELINE].items() if k not in ("tokens_per_sec", "ci95")},
+        "bootstrap_samples": ecfg.bootstrap_samples,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "note": ("bpc = NLL bits of every text token of each document read from its opening EOT, memory cleared "
+                 "per document, / characters; a document cut at max_tokens_per_doc counts the characters of "
+                 "exactly the decoded tokens scored"),
     }
+    results = {arm: _arm_results(arm, scored[arm], docs, items, window, throughput[arm], ecfg) for arm in scored}
+    for arm in results:
+        results[arm]["run"] = {**evaluated, **results[arm]["run"]}
+    results["comparisons"] = {arm: _comparison(scored[BASELINE], scored[arm], docs, items, window, ecfg, BASELINE)
+                              for arm in scored if arm != BASELINE}
+    for name, (source, _, _) in READ_ABLATIONS.items():
+        if name in scored:   # the ablation against its own trained arm: what do the reads themselves do?
+            results["comparisons"][f"{source}_vs_{name}"] = _comparison(scored[name], scored[source], docs, items,
+                                                                        window, ecfg, name)
+    results["reference"] = {"unigram_bpc": float(unigram.sum() / chars.sum()),
+                            "note": "unigram model of the training tokens, scored on the same documents"}
+    details = {"documents": [d["index"] for d in docs], "characters": chars.tolist(),
+               "arms": {arm: {"nll_bits": s.nll.tolist(), "recall": s.recall} for arm, s in scored.items()}}
     results_path.mkdir(parents=True, exist_ok=True)
     _write_json(results_path / RESULTS_FILE, results)
     _write_json(results_path / DETAILS_FILE, details)
     log(f"evaluate: wrote {results_path / RESULTS_FILE}")
     return results
+
+
+def result_arms(results: dict) -> list[str]:
+    """The arm keys of a results dict (everything but the comparisons and reference sections), baseline first."""
+    return [k for k in results if k not in ("comparisons", "reference")]
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """One sentence per comparison, in words, for notebooks and the README."""
+    lines = []
+    for arm, cmp in results.get("comparisons", {}).items():
+        lines.append(f"{arm} vs {cmp.get('against', BASELINE)}: {cmp['summary']}")
+    return lines
 
 
 def _finite(obj):
@@ -457,21 +538,36 @@ def load_results(results_dir=None) -> dict:
         raise EvalError(f"{path} is not valid JSON ({e}); rerun `python -m revena_lib.evaluate`") from e
 
 
+def load_results(results_dir=None) -> dict:
+    """Read ``results/results.json``; a clear error says how to make it."""
+    path = (Path(results_dir) if results_dir else default_results_dir()) / RESULTS_FILE
+    if not path.exists():
+        raise EvalError(f"{path} does not exist: run `python -m revena_lib.evaluate` (or notebooks/05_evaluate.ipynb)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise EvalError(f"{path} is not valid JSON ({e}); rerun `python -m revena_lib.evaluate`") from e
+
+
 def summary_table(results: dict):
-    """The headline numbers of both arms as a small pandas DataFrame (rows: metrics, columns: arms)."""
+    """The headline numbers of every arm as a small pandas DataFrame (rows: metrics, columns: arms)."""
     import pandas as pd
 
     keys = BRIEF_KEYS + ("bits_per_byte", "long_range_recall_logprob_bits", "control_recall", "routed_token_ratio")
-    return pd.DataFrame({arm: {k: results[arm].get(k) for k in keys} for arm in ARMS if arm in results})
+    return pd.DataFrame({arm: {k: results[arm].get(k) for k in keys} for arm in result_arms(results)})
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m revena_lib.evaluate", description=(
-        "Evaluate trained/baseline/ and trained/with_ltm/ (every finished seed) on data/val.bin and write "
-        "results/results.json: bpc, long_range_recall, memory_hit_rate, tokens_per_sec per arm, plus extras."))
+        "Evaluate every trained arm (trained/<arm>/<preset>/seed-*, every finished seed) on data/val.bin and "
+        "write results/results.json: bpc, long_range_recall, memory_hit_rate, tokens_per_sec per arm, "
+        "comparisons with the baseline (intervals across seeds, verdicts), plus extras."))
     parser.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"],
                         help="evaluation settings (documents, recall distances, items); default: the preset the "
                              "trained runs used")
+    parser.add_argument("--arms", default=None,
+                        help=f"comma-separated arms to evaluate (default: every arm with a finished run); "
+                             f"known: {', '.join(ARMS)}")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda", "auto"],
                         help="default: CUDA if available, else the CPU")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -481,10 +577,12 @@ def main(argv=None) -> None:
     from revena_lib.device import DeviceError
 
     try:
-        results = evaluate(preset=args.preset, device=args.device, progress=not args.quiet)
+        results = evaluate(preset=args.preset, arms=args.arms, device=args.device, progress=not args.quiet)
     except (EvalError, CheckpointError, DataError, DeviceError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(json.dumps({arm: {k: results[arm][k] for k in BRIEF_KEYS} for arm in ARMS}, indent=2))
+    print(json.dumps({arm: {k: results[arm][k] for k in BRIEF_KEYS} for arm in result_arms(results)}, indent=2))
+    for line in verdict_lines(results):
+        print(line)
 
 
 if __name__ == "__main__":

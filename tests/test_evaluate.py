@@ -12,45 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from revena_lib.evaluate import (ARMS, BRIEF_KEYS, EvalError, bootstrap_mean_ci, bootstrap_ratio_ci, evaluate,
-                                 evaluation_documents, document_nll, paired_bootstrap_mean_diff,
-                                 paired_bootstrap_ratio_diff)
+from revena_lib.evaluate import (BRIEF_KEYS, EvalError, evaluate, evaluation_documents, document_nll, result_arms,
+                                 verdict_lines)
 
 
-# ----------------------------------------------------------------------------- bootstrap on constructed data
-
-def test_ratio_interval_contains_the_ratio_and_collapses_for_constant_data():
-    rng = np.random.default_rng(0)
-    chars = rng.integers(100, 1000, 50).astype(float)
-    nll = chars * rng.normal(2.0, 0.2, 50)
-    lo, hi = bootstrap_ratio_ci(nll, chars, samples=500, seed=1)
-    assert lo < nll.sum() / chars.sum() < hi and hi - lo < 0.3
-    assert bootstrap_ratio_ci(2.0 * chars, chars, samples=100) == pytest.approx([2.0, 2.0])
-
-
-def test_paired_ratio_difference_sees_a_small_consistent_gain():
-    rng = np.random.default_rng(0)
-    chars = rng.integers(100, 1000, 40).astype(float)
-    base = chars * rng.normal(2.0, 0.5, 40)          # documents differ a lot ...
-    ltm = base - 0.05 * chars                         # ... but the LTM is better by exactly 0.05 bpc on each
-    paired = paired_bootstrap_ratio_diff(base, ltm, chars, samples=500, seed=0)
-    assert paired["diff"] == pytest.approx(-0.05)
-    assert paired["ci95"] == pytest.approx([-0.05, -0.05], abs=1e-9)   # pairing removes document variance
-    assert paired["p_b_better"] == 1.0
-    # the unpaired per-arm intervals overlap: only the paired test sees the gain
-    lo_b, hi_b = bootstrap_ratio_ci(base, chars, 500, 0)
-    lo_l, hi_l = bootstrap_ratio_ci(ltm, chars, 500, 0)
-    assert lo_b < hi_l
-
-
-def test_mean_intervals():
-    a = np.array([0, 1] * 50, float)
-    lo, hi = bootstrap_mean_ci(a, samples=1000, seed=0)
-    assert lo < 0.5 < hi
-    d = paired_bootstrap_mean_diff(a, np.ones_like(a), samples=1000, seed=0)
-    assert d["diff"] == pytest.approx(0.5) and d["ci95"][0] > 0.3
-    assert all(math.isnan(x) for x in bootstrap_mean_ci([], 10))
-
+# ----------------------------------------------------------------------------- (statistics: tests/test_stats.py)
 
 def test_document_nll_is_the_models_loss(smoke_data):
     from revena_lib.config import get_preset
@@ -62,6 +28,7 @@ def test_document_nll_is_the_models_loss(smoke_data):
     val = load_split("val")
     docs = evaluation_documents(val, max_docs=2, max_tokens_per_doc=200)
     assert [d["truncated"] for d in docs] == [True, True]
+    assert sum(d["bucket_characters"][0] + d["bucket_characters"][1] for d in docs) == sum(d["characters"] for d in docs)
     enc = __import__("revena_lib.tokenizer", fromlist=["get_tokenizer"]).get_tokenizer()
     assert docs[0]["characters"] == len(enc.decode(docs[0]["tokens"][1:].tolist()))
     nll = document_nll(model, docs, torch.device("cpu"))
@@ -69,9 +36,19 @@ def test_document_nll_is_the_models_loss(smoke_data):
     with torch.no_grad():
         loss = model(idx[:, :-1], targets=idx[:, 1:]).loss
     assert nll["nll_bits"][0] == pytest.approx(float(loss) * (idx.shape[1] - 1) / math.log(2), rel=1e-4)
-    assert nll["memory_hit_rate"] == 0.0 and nll["predicted_tokens"] == 2 * 199
+    assert nll["counts"] == {} and nll["predicted_tokens"] == 2 * 199
+    assert nll["bucket_bits"].sum(1) == pytest.approx(nll["nll_bits"])          # buckets partition the document
     whole = evaluation_documents(val, max_docs=0, max_tokens_per_doc=0)
     assert len(whole) == val.num_docs and sum(d["characters"] for d in whole) == val.characters
+
+
+def test_evaluation_documents_are_a_seeded_sample(smoke_data):
+    from revena_lib.data import load_split
+
+    val = load_split("val")
+    picks = [[d["index"] for d in evaluation_documents(val, 2, 64, seed)] for seed in range(6)]
+    assert picks[0] == [d["index"] for d in evaluation_documents(val, 2, 64, 0)]       # deterministic
+    assert len({tuple(p) for p in picks}) > 1 and all(p == sorted(p) for p in picks)   # not always the first two
 
 
 # ----------------------------------------------------------------------------- results.json from smoke runs
@@ -85,8 +62,8 @@ def trained_home(smoke_home, tmp_path_factory):
     shutil.copytree(smoke_home / "data", home / "data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("REVENA_HOME", str(home))
-        for with_ltm in (False, True):
-            train("smoke", with_ltm=with_ltm, steps=3, progress=False, device="cpu")
+        for arm in ("baseline", "with_ltm", "ltm_random_write"):
+            train("smoke", arm=arm, steps=3, progress=False, device="cpu")
     return home
 
 
@@ -99,29 +76,50 @@ def results(trained_home):
 
 def test_results_json_has_the_briefs_schema(trained_home, results):
     on_disk = json.loads((trained_home / "results" / "results.json").read_text())
-    assert set(on_disk) == {"baseline", "with_ltm"}
+    assert set(on_disk) == {"baseline", "with_ltm", "ltm_random_write", "with_ltm_reads_off", "comparisons", "reference"}
+    assert result_arms(on_disk) == ["baseline", "with_ltm", "ltm_random_write", "with_ltm_reads_off"]
     assert on_disk["baseline"]["bpc"] == results["baseline"]["bpc"]
-    for arm in ARMS:
+    for arm in result_arms(on_disk):
         for key in BRIEF_KEYS:
             assert isinstance(on_disk[arm][key], float), (arm, key)
         assert 0 < on_disk[arm]["bpc"] < 20 and on_disk[arm]["tokens_per_sec"] > 0
         assert 0.0 <= on_disk[arm]["long_range_recall"] <= 1.0
         assert set(on_disk[arm]["recall_by_distance"]) == {"32", "256"}
+        assert set(on_disk[arm]["bpc_by_position"]) == {"0-127", "128-511"}   # smoke documents are cut at 512
         run = on_disk[arm]["run"]
         assert run["corpus"] == "sotu" and run["preset"] == "smoke" and run["seeds"] == [1337]
-        assert run["device"] == "cpu" and run["date"]
+        assert run["device"] == "cpu" and run["date"] and run["logprob_dtype"] == "fp32"
+        assert run["throughput"]["timed_batches"] >= 20
         lo, hi = on_disk[arm]["ci95"]["bpc"]
         assert lo <= on_disk[arm]["bpc"] <= hi
-    assert on_disk["baseline"]["memory_hit_rate"] == 0.0
+        assert set(on_disk[arm]["per_seed"]) == {"1337"}
+    assert on_disk["baseline"]["memory_hit_rate"] == 0.0 and on_disk["with_ltm_reads_off"]["memory_hit_rate"] == 0.0
     assert on_disk["baseline"]["routed_token_ratio"] == 0.0
     assert on_disk["with_ltm"]["routed_token_ratio"] > 0.0    # an untrained model routes nearly every token
-    vs = on_disk["with_ltm"]["vs_baseline"]
+    # random writes: the same number of tokens as the surprisal rule, chunk by chunk
+    assert on_disk["ltm_random_write"]["routed_token_ratio"] == pytest.approx(on_disk["with_ltm"]["routed_token_ratio"], abs=0.05)
+    comparisons = on_disk["comparisons"]
+    assert set(comparisons) == {"with_ltm", "ltm_random_write", "with_ltm_reads_off", "with_ltm_vs_with_ltm_reads_off"}
+    vs = comparisons["with_ltm"]
     assert vs["bpc"]["diff"] == pytest.approx(on_disk["with_ltm"]["bpc"] - on_disk["baseline"]["bpc"])
-    assert set(vs) >= {"bpc", "long_range_recall", "long_range_recall_logprob_bits"}
-    evaluation = on_disk["baseline"]["evaluation"]
-    assert evaluation["documents"] == 3 and evaluation["truncated_documents"] >= 1
+    for key in ("bpc", "bits_per_byte", "long_range_recall", "long_range_recall_logprob_bits"):
+        assert vs[key]["verdict"] in ("better", "worse", "no detectable difference")
+    assert any(line.startswith("with_ltm vs baseline: BPC: ") for line in verdict_lines(on_disk))
+    assert on_disk["reference"]["unigram_bpc"] > on_disk["baseline"]["bpc"] * 0.5
+    evaluation = on_disk["baseline"]["run"]
+    assert len(evaluation["documents"]) == 3 and evaluation["truncated_documents"] >= 1
     details = json.loads((trained_home / "results" / "results_details.json").read_text())
-    assert len(details["arms"]["with_ltm"]["recall"]) == evaluation["recall_items"]
+    assert len(details["arms"]["with_ltm"]["recall"][0]) == evaluation["recall_items"]
+
+
+def test_arms_can_be_chosen(trained_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("REVENA_HOME", str(trained_home))
+    only = evaluate("smoke", arms="with_ltm", results_dir=tmp_path, device="cpu", progress=False)
+    assert result_arms(only) == ["baseline", "with_ltm", "with_ltm_reads_off"]   # baseline always comes along
+    with pytest.raises(EvalError, match=r"trained/full_attention/smoke.*--arm full_attention"):
+        evaluate("smoke", arms="baseline,full_attention", results_dir=tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown arm 'nope'"):
+        evaluate("smoke", arms="nope", results_dir=tmp_path, device="cpu", progress=False)
 
 
 def test_missing_arm_names_the_directory_and_the_command(smoke_data):
@@ -160,14 +158,14 @@ def test_arms_trained_differently_are_refused(trained_home, tmp_path, monkeypatc
     config["model"]["n_embd"] = 64
     config_path.write_text(json.dumps(config))
     monkeypatch.setenv("REVENA_HOME", str(home))
-    with pytest.raises(EvalError, match=r"n_embd.*differ only in the LTM"):
+    with pytest.raises(EvalError, match=r"model.n_embd: 32 vs 64.*differ only in their row of the arm table"):
         evaluate(None, device="cpu", progress=False)
 
 
 def test_runs_of_several_presets_need_a_choice(trained_home, tmp_path, monkeypatch):
     home = tmp_path / "home"
     shutil.copytree(trained_home, home)
-    for arm in ("baseline", "with_ltm"):  # pretend a second preset's runs sit beside the smoke ones
+    for arm in ("baseline", "with_ltm", "ltm_random_write"):  # pretend a second preset's runs sit beside the smoke ones
         other = home / "trained" / arm / "other" / "seed-1337"
         shutil.copytree(home / "trained" / arm / "smoke" / "seed-1337", other)
         config = json.loads((other / "config.json").read_text())
@@ -175,4 +173,16 @@ def test_runs_of_several_presets_need_a_choice(trained_home, tmp_path, monkeypat
         (other / "config.json").write_text(json.dumps(config))
     monkeypatch.setenv("REVENA_HOME", str(home))
     with pytest.raises(EvalError, match=r"several presets \(other, smoke\).*--preset"):
+        evaluate(None, device="cpu", progress=False)
+
+
+def test_arms_trained_in_another_dtype_are_refused(trained_home, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    config_path = home / "trained" / "with_ltm" / "smoke" / "seed-1337" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = "fp16" if config["dtype"] != "fp16" else "fp32"
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("REVENA_HOME", str(home))
+    with pytest.raises(EvalError, match=r"dtype: .*differ only in their row"):
         evaluate(None, device="cpu", progress=False)

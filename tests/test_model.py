@@ -368,3 +368,19 @@ def test_bad_input_names_the_problem():
         model(tokens(1, 5), targets=tokens(1, 4))
     with pytest.raises(ValueError, match="ltm_layer"):
         tiny(ltm_layer=2)
+
+
+def test_random_write_rule_writes_as_many_tokens_per_chunk_as_the_surprisal_rule():
+    from revena_lib.models.transformer import write_mask
+
+    cfg = build(use_ltm=True, ltm_write_rule="random").cfg
+    torch.manual_seed(0)
+    surprisal = torch.rand(3, 64) * 9.0                                   # bits; about half above 4.5
+    positions = torch.arange(64).expand(3, 64)
+    by_surprisal = write_mask(surprisal, positions, build(use_ltm=True).cfg)
+    at_random = write_mask(surprisal, positions, cfg)
+    assert torch.equal(by_surprisal.sum(1), at_random.sum(1))             # same rate, row by row
+    assert not torch.equal(by_surprisal, at_random)                       # but other tokens
+    assert not at_random[:, 0].any() and not by_surprisal[:, 0].any()     # position 0 never
+    full = write_mask(torch.full((1, 64), 9.0), positions[:1], cfg)       # every eligible token qualifies
+    assert full.sum() == 63 and not full[0, 0]
