@@ -26,13 +26,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Execute notebooks/NN_*.ipynb in order with papermill: prepare data, build the models, "
-            "train both arms, visualise LTM routing, evaluate, plot. Stops at the first failing notebook."
+            "train the arms, visualise LTM routing, evaluate, plot. Stops at the first failing notebook."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="cpu", choices=PRESETS,
                         help="smoke: seconds (tests/CI); cpu: ~30 min on a 2-core CPU; paper: the brief's "
                              "70M models and 10,000 steps, for a GPU")
+    parser.add_argument("--arms", default="baseline,with_ltm",
+                        help="comma-separated arms to train, evaluate and plot (rows of revena_lib/arms.py; baseline "
+                             "is always included), e.g. baseline,with_ltm,ltm_random_write,full_attention")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated training seeds per arm (default: the preset's: 1 at smoke, 3 at cpu)")
     parser.add_argument("--only", default="",
                         help="comma-separated notebook numbers to run, e.g. '05,06' (default: all); "
                              "later notebooks read what earlier ones wrote to disk")
@@ -60,6 +65,17 @@ def select_notebooks(notebooks_dir: Path, only: str) -> list[Path]:
     return notebooks
 
 
+def notebook_parameters(notebook: Path, args) -> dict:
+    """The run's settings for the names this notebook's parameters cell declares (papermill would inject
+    unknown names too, silently; so only declared ones are passed)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    declared = "".join("".join(c.source) for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    wanted = {"preset": args.preset, "arms": args.arms, "seeds": args.seeds}
+    return {k: v for k, v in wanted.items() if f"{k} =" in declared}
+
+
 def describe_failure(error: Exception) -> str:
     """One line naming the failing cell and its error, from papermill's exception."""
     ename = getattr(error, "ename", type(error).__name__)
@@ -77,11 +93,18 @@ def main(argv=None) -> int:
     assert set(PRESETS) == set(library_presets), "run_all.PRESETS is out of date with revena_lib.config"
     import papermill
 
+    from revena_lib.arms import ArmError, parse_arms
+
+    try:
+        args.arms = ",".join(parse_arms(args.arms))
+    except ArmError as e:
+        sys.exit(f"error: --arms: {e}")
     notebooks = select_notebooks(args.notebooks_dir, args.only)
     output_dir = (args.output_dir or REPO_ROOT / "executed" / args.preset).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     artefacts = os.environ.get("REVENA_HOME", str(REPO_ROOT))
-    print(f"revena: preset {args.preset!r}, {len(notebooks)} notebook(s), artefacts under {artefacts}, "
+    print(f"revena: preset {args.preset!r}, arms {args.arms}, seeds {args.seeds or 'the preset default'}, "
+          f"{len(notebooks)} notebook(s), artefacts under {artefacts}, "
           f"executed copies in {output_dir}", flush=True)
 
     started = time.perf_counter()
@@ -91,7 +114,7 @@ def main(argv=None) -> int:
         try:
             papermill.execute_notebook(
                 str(notebook), str(output),
-                parameters={"preset": args.preset},
+                parameters=notebook_parameters(notebook, args),
                 kernel_name=args.kernel,
                 cwd=str(REPO_ROOT),
                 progress_bar=args.progress,

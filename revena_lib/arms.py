@@ -50,6 +50,16 @@ READ_ABLATIONS = {
 }
 
 
+def arm_style(name: str) -> tuple[str, str]:
+    """(label, colour) for plots: from the table, or for an evaluation-time ablation from its source arm."""
+    if name in ARMS:
+        return ARMS[name].label or name, ARMS[name].colour
+    if name in READ_ABLATIONS:
+        source = ARMS[READ_ABLATIONS[name][0]]
+        return f"{source.label or READ_ABLATIONS[name][0]}, reads off", "#9ecae1"
+    return name, "#333333"
+
+
 class ArmError(ValueError):
     pass
 

@@ -16,17 +16,32 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from revena_lib.arms import DEFAULT_ARMS as ARMS
+from revena_lib.arms import arm_style
 from revena_lib.paths import results_dir as default_results_dir
 
-ARM_LABELS = {"baseline": "baseline (STM only)", "with_ltm": "with LTM"}
-ARM_COLOURS = {"baseline": "#7f7f7f", "with_ltm": "#1f77b4"}
 BARS = (("bpc", "BPC (lower is better)"), ("long_range_recall", "long-range recall"),
         ("tokens_per_sec", "tokens / sec"))
+FOREST = (("bpc", "BPC difference vs baseline (< 0 is better)"),
+          ("long_range_recall", "recall difference vs baseline (> 0 is better)"))
+VERDICT_MARK = {"better": "better", "worse": "worse", "no detectable difference": "n.s."}
 
 
 def _arms(results: dict) -> list[str]:
-    return [arm for arm in ARMS if arm in results]
+    return [k for k in results if k not in ("comparisons", "reference")]
+
+
+def _label(arm: str) -> str:
+    return arm_style(arm)[0]
+
+
+def _colour(arm: str) -> str:
+    return arm_style(arm)[1]
+
+
+def _comparisons(results: dict, key: str) -> list[tuple[str, dict]]:
+    """(arm, comparison of key) for every arm compared with the baseline, in results order."""
+    cmp = results.get("comparisons", {})
+    return [(arm, cmp[arm][key]) for arm in _arms(results) if arm in cmp and key in cmp[arm]]
 
 
 def _ci(results: dict, arm: str, key: str) -> tuple[float, float]:
@@ -41,11 +56,12 @@ def _error(value: float, lo: float, hi: float) -> tuple[float, float]:
 
 
 def _diff_text(results: dict, key: str, fmt: str = "{:+.3g}") -> str:
-    diff = results.get("with_ltm", {}).get("vs_baseline", {}).get(key)
+    """The headline pair's difference in a panel title: with_ltm - baseline, interval, verdict."""
+    diff = results.get("comparisons", {}).get("with_ltm", {}).get(key)
     if not diff:
         return ""
     lo, hi = diff["ci95"]
-    return f"LTM - base {fmt.format(diff['diff'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return f"LTM - base {fmt.format(diff['diff'])} [{fmt.format(lo)}, {fmt.format(hi)}]: {diff['verdict']}"
 
 
 def _window(results: dict) -> int:
@@ -62,24 +78,44 @@ def _by_distance(results: dict, arm: str, key: str) -> tuple[list[int], list[flo
     return distances, [rows[str(d)].get(key, math.nan) for d in distances]
 
 
+def _receptive_field(results: dict) -> int | None:
+    return results.get("baseline", {}).get("run", {}).get("receptive_field")
+
+
 def _subtitle(results: dict) -> str:
-    run = results.get("with_ltm", results.get("baseline", {})).get("run", {})
+    run = results.get("baseline", {}).get("run", {})
     seeds = run.get("seeds") or []
-    return (f"corpus {run.get('corpus', '?')} · preset {run.get('preset', '?')} · device {run.get('device', '?')} · "
-            f"seeds {', '.join(str(s) for s in seeds) or '?'} · 95% bootstrap intervals")
+    return (f"corpus {run.get('corpus', '?')} · preset {run.get('preset', '?')} · device {run.get('device', '?')} "
+            f"{run.get('dtype', '')} · seeds {', '.join(str(s) for s in seeds) or '?'} · "
+            f"95% intervals over seeds and documents/items")
+
+
+def _forest(ax, results: dict, key: str, title: str) -> None:
+    """Each arm's difference from the baseline with its interval and verdict (matplotlib)."""
+    rows = _comparisons(results, key)
+    for i, (arm, c) in enumerate(rows):
+        lo, hi = (math.nan if v is None else v for v in c["ci95"])
+        ax.errorbar([c["diff"]], [i], xerr=[[max(c["diff"] - lo, 0)], [max(hi - c["diff"], 0)]], fmt="o",
+                    color=_colour(arm), capsize=4)
+        ax.annotate(VERDICT_MARK.get(c["verdict"], c["verdict"]), (c["diff"], i), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8)
+    ax.axvline(0, color="#999999", lw=1)
+    ax.set_yticks(range(len(rows)), [_label(a) for a, _ in rows])
+    ax.set_ylim(-0.7, max(len(rows), 1) - 0.3)
+    ax.set_title(title, fontsize=10)
 
 
 def results_figure(results: dict) -> Figure:
     """Bars (BPC, long-range recall, tokens/sec, with 95% intervals) and curves by recall distance."""
     arms = _arms(results)
     window = _window(results)
-    fig = Figure(figsize=(15, 8.5), layout="constrained")
-    axes = fig.subplots(2, 3)
+    fig = Figure(figsize=(20, 8.5), layout="constrained")
+    axes = fig.subplots(2, 4)
     for ax, (key, title) in zip(axes[0], BARS):
         values = [results[arm][key] for arm in arms]
         errors = np.array([_error(v, *_ci(results, arm, key)) for v, arm in zip(values, arms)]).T   # (2, arms)
-        ax.bar([ARM_LABELS[a] for a in arms], values, yerr=errors, capsize=6,
-               color=[ARM_COLOURS[a] for a in arms])
+        ax.bar([_label(a) for a in arms], values, yerr=errors, capsize=6, color=[_colour(a) for a in arms])
+        ax.tick_params(axis="x", labelrotation=20 if len(arms) > 3 else 0, labelsize=8)
         for i, v in enumerate(values):
             ax.annotate(f"{v:,.0f}" if key == "tokens_per_sec" else f"{v:.3g}", (i, v), textcoords="offset points", xytext=(0, 3), ha="center", va="bottom")
         diff = _diff_text(results, key)
@@ -93,8 +129,8 @@ def results_figure(results: dict) -> Figure:
         for arm in arms:
             d, passkey = _by_distance(results, arm, key)
             _, control = _by_distance(results, arm, f"control_{key}")
-            ax.plot(d, passkey, "o-", color=ARM_COLOURS[arm], label=f"{ARM_LABELS[arm]} passkey")
-            ax.plot(d, control, "s--", color=ARM_COLOURS[arm], alpha=0.6, label=f"{ARM_LABELS[arm]} control")
+            ax.plot(d, passkey, "o-", color=_colour(arm), label=f"{_label(arm)} passkey")
+            ax.plot(d, control, "s--", color=_colour(arm), alpha=0.6, label=f"{_label(arm)} control")
         ax.set(title=title, xlabel="filler tokens between fact and question", ylabel=ylabel)
     axes[1][0].set_ylim(-0.03, 1.03)
     ax = axes[1][2]
@@ -102,27 +138,33 @@ def results_figure(results: dict) -> Figure:
         d, hit = _by_distance(results, "with_ltm", "memory_hit_rate")
         _, answer_hit = _by_distance(results, "with_ltm", "answer_hit")
         _, useful = _by_distance(results, "with_ltm", "answer_hit_in_fact")
-        ax.plot(d, hit, "o-", color=ARM_COLOURS["with_ltm"], label="tokens with >= 1 hit")
+        ax.plot(d, hit, "o-", color=_colour("with_ltm"), label="tokens with >= 1 hit")
         ax.plot(d, answer_hit, "^-", color="#ff7f0e", label="answer position hit")
         ax.plot(d, useful, "v-", color="#2ca02c", label="answer hit points into the fact")
         ax.axhline(results["with_ltm"].get("memory_hit_rate", math.nan), color="#999999", lw=1,
                    label="validation documents")
     ax.set(title="LTM hit rate by recall distance", xlabel="filler tokens between fact and question",
            ylabel="share", ylim=(-0.03, 1.03))
+    for ax, (key, title) in zip(axes[:, 3], FOREST):
+        _forest(ax, results, key, title)
     distances = sorted({d for arm in arms for d in _by_distance(results, arm, "exact")[0]})
-    for ax in axes[1]:
+    field = _receptive_field(results)
+    for ax in axes[1][:3]:
         ax.axvline(window, color="#d62728", ls=":", lw=1.5, label=f"window ({window})")
+        if field:
+            ax.axvline(field, color="#9467bd", ls="-.", lw=1.5, label=f"receptive field ({field})")
         ax.legend(fontsize=7)
         if distances and min(distances) > 0:
             ax.set_xscale("log", base=2)
             ax.set_xticks(distances, [str(d) for d in distances])
             ax.minorticks_off()
-    fig.suptitle(f"Revena: does an LTM help?  ({_subtitle(results)})", fontsize=11)
+    fig.suptitle(f"Revena: which memory helps?  ({_subtitle(results)})", fontsize=11)
     return fig
 
 
 def results_plotly(results: dict):
-    """The same panels as ``results_figure`` as an interactive plotly figure."""
+    """The same panels as ``results_figure`` as an interactive plotly figure (vertical lines: window dotted,
+    receptive field dash-dotted)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -130,13 +172,14 @@ def results_plotly(results: dict):
     window = _window(results)
     titles = [title + (f"<br><sup>{_diff_text(results, key)}</sup>" if _diff_text(results, key) else "")
               for key, title in BARS]
+    titles.insert(3, FOREST[0][1])
     titles += ["recall by distance: exact match", "recall by distance: answer log2 p (graded)",
-               "LTM hit rate by recall distance"]
-    fig = make_subplots(rows=2, cols=3, subplot_titles=titles, vertical_spacing=0.16)
+               "LTM hit rate by recall distance", FOREST[1][1]]
+    fig = make_subplots(rows=2, cols=4, subplot_titles=titles, vertical_spacing=0.16)
     for col, (key, _) in enumerate(BARS, start=1):
         values = [results[arm][key] for arm in arms]
         errors = np.array([_error(v, *_ci(results, arm, key)) for v, arm in zip(values, arms)])
-        fig.add_trace(go.Bar(x=[ARM_LABELS[a] for a in arms], y=values, marker_color=[ARM_COLOURS[a] for a in arms],
+        fig.add_trace(go.Bar(x=[_label(a) for a in arms], y=values, marker_color=[_colour(a) for a in arms],
                              error_y=dict(type="data", symmetric=False, array=errors[:, 1], arrayminus=errors[:, 0]),
                              text=[f"{v:.3g}" for v in values], showlegend=False), row=1, col=col)
     for col, (key, control_key) in enumerate((("exact", "control_exact"), ("logprob_bits", "control_logprob_bits")),
@@ -144,23 +187,35 @@ def results_plotly(results: dict):
         for arm in arms:
             d, y = _by_distance(results, arm, key)
             _, c = _by_distance(results, arm, control_key)
-            fig.add_trace(go.Scatter(x=d, y=y, mode="lines+markers", name=f"{ARM_LABELS[arm]} passkey",
-                                     line=dict(color=ARM_COLOURS[arm]), legendgroup=arm, showlegend=col == 1),
+            fig.add_trace(go.Scatter(x=d, y=y, mode="lines+markers", name=f"{_label(arm)} passkey",
+                                     line=dict(color=_colour(arm)), legendgroup=arm, showlegend=col == 1),
                           row=2, col=col)
-            fig.add_trace(go.Scatter(x=d, y=c, mode="lines+markers", name=f"{ARM_LABELS[arm]} control",
-                                     line=dict(color=ARM_COLOURS[arm], dash="dash"), legendgroup=arm + "c",
+            fig.add_trace(go.Scatter(x=d, y=c, mode="lines+markers", name=f"{_label(arm)} control",
+                                     line=dict(color=_colour(arm), dash="dash"), legendgroup=arm + "c",
                                      showlegend=col == 1), row=2, col=col)
     if "with_ltm" in results:
-        for key, name, colour in (("memory_hit_rate", "tokens with >= 1 hit", ARM_COLOURS["with_ltm"]),
+        for key, name, colour in (("memory_hit_rate", "tokens with >= 1 hit", _colour("with_ltm")),
                                   ("answer_hit", "answer position hit", "#ff7f0e"),
                                   ("answer_hit_in_fact", "answer hit points into the fact", "#2ca02c")):
             d, y = _by_distance(results, "with_ltm", key)
             fig.add_trace(go.Scatter(x=d, y=y, mode="lines+markers", name=name, line=dict(color=colour)),
                           row=2, col=3)
+    for row, (key, _) in enumerate(FOREST, start=1):
+        rows = _comparisons(results, key)
+        fig.add_trace(go.Scatter(
+            x=[c["diff"] for _, c in rows], y=[_label(a) for a, _ in rows], mode="markers+text",
+            text=[VERDICT_MARK.get(c["verdict"], c["verdict"]) for _, c in rows], textposition="top center",
+            marker=dict(color=[_colour(a) for a, _ in rows], size=10), showlegend=False,
+            error_x=dict(type="data", symmetric=False, array=[(c["ci95"][1] or 0) - c["diff"] for _, c in rows],
+                         arrayminus=[c["diff"] - (c["ci95"][0] or 0) for _, c in rows])), row=row, col=4)
+        fig.add_vline(x=0, line_color="#999999", row=row, col=4)
+    field = _receptive_field(results)
     for col in (1, 2, 3):
         fig.add_vline(x=window, line_dash="dot", line_color="#d62728", row=2, col=col)
+        if field:
+            fig.add_vline(x=field, line_dash="dashdot", line_color="#9467bd", row=2, col=col)
         fig.update_xaxes(title_text="filler tokens between fact and question", type="log", row=2, col=col)
-    fig.update_layout(height=800, title=f"Revena: does an LTM help?<br><sup>{_subtitle(results)}</sup>",
+    fig.update_layout(height=800, title=f"Revena: which memory helps?<br><sup>{_subtitle(results)}</sup>",
                       template="plotly_white")
     return fig
 

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from revena_lib.checkpoint import read_config
-from revena_lib.plots import ARM_COLOURS
+from revena_lib.arms import arm_style
 from revena_lib.train import read_metrics
 
 
@@ -45,14 +45,14 @@ def plot_losses(runs: dict) -> go.Figure:
     fig = go.Figure()
     for arm, run in runs.items():
         metrics = read_metrics(run)
-        colour = ARM_COLOURS.get(str(arm).split()[0])
+        colour = arm_style(str(arm).split()[0])[1]
         fig.add_trace(go.Scatter(x=metrics["step"], y=metrics["loss"], mode="lines", name=f"{arm} train",
                                  line={"color": colour}))
         if "val_loss" in metrics:
             evaluated = metrics.dropna(subset=["val_loss"])
             fig.add_trace(go.Scatter(x=evaluated["step"], y=evaluated["val_loss"], mode="lines+markers",
                                      name=f"{arm} validation", line={"color": colour, "dash": "dot"}))
-    fig.update_layout(title="Loss during training (same batches for both arms)", xaxis_title="step",
+    fig.update_layout(title="Loss during training (same batches for every arm)", xaxis_title="step",
                       yaxis_title="cross-entropy (nats/token)", hovermode="x unified")
     return fig
 

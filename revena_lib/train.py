@@ -565,6 +565,32 @@ def _train_loop(run: _Run, use_wandb: bool, progress: bool, stop_at: int | None)
     return run.out
 
 
+def parse_seeds(spec, preset: str | Preset) -> tuple[int, ...]:
+    """'1,2,3' or a sequence -> seeds; empty -> the preset's seeds (3 at cpu)."""
+    if isinstance(spec, str):
+        spec = [s for s in spec.replace(" ", "").split(",") if s]
+    if not spec:
+        return tuple((get_preset(preset) if isinstance(preset, str) else preset).seeds)
+    try:
+        return tuple(int(s) for s in spec)
+    except ValueError:
+        raise TrainError(f"seeds={spec!r}: give whole numbers separated by commas, e.g. seeds='1337,1338,1339'") from None
+
+
+def train_arms(preset: str | Preset, arms, seeds=(), steps: int | None = None, progress: bool = True,
+               device=None) -> dict[str, Path]:
+    """Train (or resume, or reuse when finished) every seed of every arm; returns {"<arm> seed <N>": run_dir}.
+    ``arms``: names or 'a,b' (baseline always included); ``seeds``: '' or () for the preset's seeds."""
+    from revena_lib.arms import parse_arms
+
+    runs = {}
+    for arm in parse_arms(arms):
+        for seed in parse_seeds(seeds, preset):
+            runs[f"{arm} seed {seed}"] = train(preset, arm=arm, seed=seed, steps=steps or None, resume=True,
+                                               progress=progress, device=device)
+    return runs
+
+
 # -----------------------------------------------------------------------------
 # Command line
 

@@ -31,7 +31,7 @@ def test_help_explains_presets():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "run_all.py"), "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0
-    for word in ("--preset", "smoke", "cpu", "paper", "--only"):
+    for word in ("--preset", "smoke", "cpu", "paper", "--only", "--arms", "--seeds"):
         assert word in result.stdout
 
 
@@ -39,6 +39,12 @@ def test_unknown_preset_is_refused(tmp_path):
     result = run_all("--preset", "huge", home=tmp_path)
     assert result.returncode != 0
     assert "invalid choice: 'huge'" in result.stderr
+
+
+def test_unknown_arm_is_refused_before_any_notebook_runs(tmp_path):
+    result = run_all("--preset", "smoke", "--arms", "baseline,nope", home=tmp_path)
+    assert result.returncode != 0 and "--arms: unknown arm 'nope'" in result.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_stops_at_first_failing_notebook_and_names_it(tmp_path):
@@ -77,10 +83,11 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert (tmp_path / "data" / "train.bin").exists() and (tmp_path / "data" / "meta.json").exists()
     if any(n.startswith("05_") for n in notebooks):
         results = json.loads((tmp_path / "results" / "results.json").read_text())
-        assert set(results) == {"baseline", "with_ltm"}
-        for arm in results.values():
+        assert set(results) == {"baseline", "with_ltm", "with_ltm_reads_off", "comparisons", "reference"}
+        for name in ("baseline", "with_ltm", "with_ltm_reads_off"):
             for key in ("bpc", "long_range_recall", "memory_hit_rate", "tokens_per_sec"):
-                assert isinstance(arm[key], float)
+                assert isinstance(results[name][key], float)
         assert results["baseline"]["memory_hit_rate"] == 0.0
+        assert results["comparisons"]["with_ltm"]["bpc"]["verdict"] in ("better", "worse", "no detectable difference")
     if any(n.startswith("06_") for n in notebooks):
         assert (tmp_path / "results" / "results.png").stat().st_size > 10_000

@@ -1,0 +1,51 @@
+"""The arm table (revena_lib/arms.py): overrides, parsing, and a new arm defined by a table row alone."""
+
+import json
+import shutil
+
+import pytest
+
+from revena_lib.arms import ARMS, Arm, ArmError, arm_preset, arm_style, parse_arms
+
+
+def test_every_arm_builds_from_the_table():
+    from revena_lib.models import FAMILIES
+
+    for name, arm in ARMS.items():
+        preset = arm_preset("smoke", name)
+        assert preset.model.family == arm.family and arm.family in FAMILIES, name
+        assert arm.description and arm_style(name)[0]
+    assert arm_preset("smoke", "baseline").model == arm_preset("smoke", "baseline").model
+    assert arm_preset("smoke", "with_ltm").model.use_ltm and not arm_preset("smoke", "baseline").model.use_ltm
+    assert arm_preset("smoke", "ltm_random_write").model.ltm_write_rule == "random"
+    assert arm_preset("cpu", "full_attention").model.window == arm_preset("cpu", "baseline").train.seq_len
+
+
+def test_parse_arms_puts_the_baseline_first_and_refuses_unknown_names():
+    assert parse_arms("with_ltm") == ("baseline", "with_ltm")
+    assert parse_arms("with_ltm, baseline,with_ltm") == ("baseline", "with_ltm")
+    assert parse_arms(["full_attention"]) == ("baseline", "full_attention")
+    with pytest.raises(ArmError, match="unknown arm 'ltm'.*revena_lib/arms.py"):
+        parse_arms("baseline,ltm")
+    with pytest.raises(ArmError, match="no arms"):
+        parse_arms(" , ")
+
+
+def test_a_new_arm_is_one_row_in_the_table(smoke_home, tmp_path, monkeypatch):
+    """Train and evaluate an arm that exists only as a table row: nothing else is edited."""
+    from revena_lib.evaluate import evaluate
+    from revena_lib.train import train, train_arms
+
+    shutil.copytree(smoke_home / "data", tmp_path / "data")
+    monkeypatch.setenv("REVENA_HOME", str(tmp_path))
+    monkeypatch.setitem(ARMS, "ltm_strict", Arm("transformer", "LTM that reads only near-identical keys",
+                                                {"use_ltm": True, "ltm_similarity_threshold": 0.95}))
+    runs = train_arms("smoke", "ltm_strict", steps=2, progress=False, device="cpu")
+    assert list(runs) == ["baseline seed 1337", "ltm_strict seed 1337"]
+    config = json.loads((runs["ltm_strict seed 1337"] / "config.json").read_text())
+    assert config["model"]["ltm_similarity_threshold"] == 0.95 and config["arm"] == "ltm_strict"
+    results = evaluate("smoke", arms="ltm_strict", device="cpu", progress=False)
+    assert results["ltm_strict"]["description"] == "LTM that reads only near-identical keys"
+    assert results["comparisons"]["ltm_strict"]["against"] == "baseline"
+    with pytest.raises(ValueError, match="unknown arm 'nope'"):
+        train("smoke", arm="nope", steps=1, progress=False)
