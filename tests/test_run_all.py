@@ -91,3 +91,18 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         assert results["comparisons"]["with_ltm"]["bpc"]["verdict"] in ("better", "worse", "no detectable difference")
     if any(n.startswith("06_") for n in notebooks):
         assert (tmp_path / "results" / "results.png").stat().st_size > 10_000
+
+
+def test_every_notebook_has_a_parameters_cell_papermill_can_read():
+    """papermill silently skips a parameter line it cannot parse (an '=' or quote in a comment does it), and
+    run_all.py passes only declared names: so every line of every parameters cell must parse."""
+    from papermill.translators import PythonTranslator
+
+    for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(cells) == 1, f"{path.name}: exactly one cell tagged 'parameters'"
+        lines = [l for l in cells[0].source.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+        names = [p.name for p in PythonTranslator.inspect(cells[0])]
+        assert len(names) == len(lines), f"{path.name}: papermill read {names} from {lines}"
+        assert names[0] == "preset"
