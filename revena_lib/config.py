@@ -23,6 +23,7 @@ class DataConfig:
     max_doc_chars: int = 50_000     # documents are truncated to this many characters before tokenising
     val_fraction: float = 0.1       # split by document, never inside one
     split_seed: int = 1337
+    tokenizer: str = "gpt2"         # "gpt2" (the brief's), or "bpe-N": byte-level BPE of N tokens learned from train
 
 
 @dataclass

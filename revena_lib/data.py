@@ -1,4 +1,7 @@
-"""The workbook's data: documents -> GPT-2 tokens -> ``data/train.bin``, ``data/val.bin``, ``data/meta.json``.
+"""The workbook's data: documents -> tokens -> ``data/train.bin``, ``data/val.bin``, ``data/meta.json``.
+
+Tokens are GPT-2 BPE (the brief's default) or, with ``tokenizer="bpe-N"``, a byte-level BPE of N tokens learned
+from the training split only and saved as ``data/tokenizer.json`` (``revena_lib/tokenizer.py``).
 
 The real source is openwebtext, streamed from the Hugging Face hub (first ``num_docs`` documents).
 With no network (most clusters, CI) the hub is detected as unreachable in well under a second and
@@ -33,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir
-from revena_lib.tokenizer import EOT_ID, N_VOCAB, get_tokenizer
+from revena_lib.tokenizer import (TOKENIZER_FILE, TokenizerError, get_tokenizer, gpt2_tokenizer, parse_tokenizer_name,
+                                  tokenizer_info, train_bpe)
 
 SOURCES = ("auto", "embedded", "openwebtext")
 SPLITS = ("train", "val")
@@ -42,13 +46,13 @@ EMBEDDED_CORPUS_FILE = ASSETS_DIR / "sotu.jsonl.xz"
 EMBEDDED_CORPUS_NAME = "sotu"
 EMBEDDED_CORPUS_DESCRIPTION = "233 US State of the Union addresses 1790-2021, public domain"
 HUB_PROBE_TIMEOUT_S = 1.0
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: meta.json's "tokenizer" is a dict (name, vocab_size, eot_id, sha256, file)
 PREPARE_HINT = "python -m revena_lib.prepare_data"
 
 META_KEYS = ("format_version", "corpus", "source", "fallback_reason", "tokenizer", "settings", "splits")
 SPLIT_KEYS = ("file", "documents", "tokens", "characters", "bytes", "file_bytes", "sha256",
               "doc_offsets", "doc_lengths", "doc_characters", "doc_bytes")
-SETTING_KEYS = ("num_docs", "max_doc_chars", "val_fraction", "split_seed")
+SETTING_KEYS = ("num_docs", "max_doc_chars", "val_fraction", "split_seed", "tokenizer")
 
 
 class DataError(RuntimeError):
@@ -69,6 +73,7 @@ class TokenSplit:
     characters: int
     bytes: int
     meta: dict                    # the whole meta.json
+    data_dir: Path | None = None  # where it was read from (its tokenizer lives there)
 
     @property
     def num_docs(self) -> int:
@@ -81,7 +86,16 @@ class TokenSplit:
 
     def document_text(self, i: int) -> str:
         """Document i decoded back to text (without the EOT)."""
-        return get_tokenizer().decode(self.document(i)[1:].tolist())
+        return self.tokenizer.decode(self.document(i)[1:].tolist())
+
+    @property
+    def tokenizer(self):
+        """The tokenizer these tokens were made with (GPT-2, or the data's tokenizer.json)."""
+        return get_tokenizer(self.data_dir)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(tokenizer_info(self.meta)["vocab_size"])
 
 
 def load_meta(data_dir=None) -> dict:
@@ -121,6 +135,7 @@ def load_split(split: str, data_dir=None) -> TokenSplit:
         characters=int(info["characters"]),
         bytes=int(info["bytes"]),
         meta=meta,
+        data_dir=directory,
     )
 
 
@@ -299,16 +314,23 @@ def split_documents(num_docs: int, val_fraction: float, split_seed: int) -> tupl
 
 def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: int = 50_000,
                  val_fraction: float = 0.1, split_seed: int = 1337, data_dir=None, progress: bool = True,
-                 force: bool = False) -> dict:
+                 force: bool = False, tokenizer: str = "gpt2") -> dict:
     """Tokenise the source into data/train.bin, data/val.bin, data/meta.json; returns meta.
+
+    ``tokenizer``: "gpt2" (default), or "bpe-N": a byte-level BPE of N tokens trained on the training split's
+    documents only (the split does not depend on the tokenizer), saved as data/tokenizer.json.
 
     Idempotent: if the directory already holds data built with the same settings and the files
     verify (size + sha256), they are reused. ``force`` rebuilds regardless.
     """
     _check_settings(num_docs, max_doc_chars, val_fraction)
+    try:
+        bpe_size = parse_tokenizer_name(tokenizer)
+    except TokenizerError as e:
+        raise DataError(f"--tokenizer: {e}") from None
     directory = Path(data_dir or default_data_dir())
     settings = {"num_docs": int(num_docs), "max_doc_chars": int(max_doc_chars),
-                "val_fraction": float(val_fraction), "split_seed": int(split_seed)}
+                "val_fraction": float(val_fraction), "split_seed": int(split_seed), "tokenizer": tokenizer}
     if source in SOURCES and not force:
         # Already-prepared openwebtext data is what "auto" would build at best: reuse it without asking the hub,
         # so a researcher who goes offline never has it replaced by the fallback corpus.
@@ -341,10 +363,21 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
 
     # Truncate characters first, then tokenise: characters and UTF-8 bytes then describe exactly the tokenised text.
     truncated = [text[:max_doc_chars] for text in texts]
-    doc_tokens = _tokenize(truncated, progress)
     train_ids, val_ids = split_documents(len(truncated), val_fraction, split_seed)
-
     _ensure_writable(directory)
+    if bpe_size is None:
+        encoder = gpt2_tokenizer()
+        token_info = {"name": "gpt2", "vocab_size": encoder.n_vocab, "eot_id": encoder.eot_token}
+    else:
+        if progress:
+            print(f"revena: training a byte-level BPE of {bpe_size} tokens on the {len(train_ids)} training documents",
+                  flush=True)
+        encoder = train_bpe([truncated[i] for i in train_ids], bpe_size)   # the training split only
+        atomic_write(directory / TOKENIZER_FILE, lambda f: f.write(encoder._tok.to_str().encode("utf-8")))
+        token_info = {"name": encoder.name, "vocab_size": encoder.n_vocab, "eot_id": encoder.eot_token,
+                      "sha256": encoder.sha256, "file": TOKENIZER_FILE}
+    doc_tokens = _tokenize(encoder, truncated, progress)
+
     meta = {
         "format_version": FORMAT_VERSION,
         "corpus": corpus,
@@ -352,9 +385,9 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
                                else f"first {len(texts)} documents of {HF_DATASET_ID} (Hugging Face hub)"),
         "source": source,
         "fallback_reason": fallback_reason,
-        "tokenizer": "gpt2",
-        "vocab_size": N_VOCAB,
-        "eot_id": EOT_ID,
+        "tokenizer": token_info,
+        "vocab_size": token_info["vocab_size"],
+        "eot_id": token_info["eot_id"],
         "dtype": "uint16",
         "layout": "each document is [EOT, t1..tn]; documents concatenated",
         "settings": settings,
@@ -364,7 +397,7 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
         "splits": {},
     }
     for split, ids in (("train", train_ids), ("val", val_ids)):
-        meta["splits"][split] = _write_split(directory, split, ids, truncated, doc_tokens)
+        meta["splits"][split] = _write_split(directory, split, ids, truncated, doc_tokens, token_info["eot_id"])
     # meta.json last: until it is replaced, any older meta no longer matches the new .bin files and loading refuses them.
     _write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
     return meta
@@ -376,7 +409,7 @@ def prepare_from_preset(preset, source: str | None = None, data_dir=None, progre
     cfg = preset.data
     return prepare_data(source=source or cfg.source, num_docs=cfg.num_docs, max_doc_chars=cfg.max_doc_chars,
                         val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, data_dir=data_dir,
-                        progress=progress, force=force)
+                        progress=progress, force=force, tokenizer=cfg.tokenizer)
 
 
 def _check_settings(num_docs, max_doc_chars, val_fraction):
@@ -415,10 +448,9 @@ def _reused(meta: dict, directory: Path) -> dict:
     return meta
 
 
-def _tokenize(texts: list[str], progress: bool) -> list[list[int]]:
+def _tokenize(tokenizer, texts: list[str], progress: bool) -> list[list[int]]:
     from tqdm.auto import tqdm
 
-    tokenizer = get_tokenizer()
     threads = os.cpu_count() or 1
     batch = 64 * threads
     doc_tokens = []
@@ -430,12 +462,13 @@ def _tokenize(texts: list[str], progress: bool) -> list[list[int]]:
     return doc_tokens
 
 
-def _write_split(directory: Path, split: str, ids: list[int], texts: list[str], doc_tokens: list[list[int]]) -> dict:
+def _write_split(directory: Path, split: str, ids: list[int], texts: list[str], doc_tokens: list[list[int]],
+                 eot_id: int) -> dict:
     doc_lengths = [len(doc_tokens[i]) + 1 for i in ids]  # + the opening EOT
     doc_offsets = np.concatenate([[0], np.cumsum(doc_lengths)[:-1]]).astype(np.int64)
     tokens = np.empty(sum(doc_lengths), dtype=np.uint16)  # (N,)
     for offset, i in zip(doc_offsets, ids):
-        tokens[offset] = EOT_ID
+        tokens[offset] = eot_id
         tokens[offset + 1:offset + 1 + len(doc_tokens[i])] = doc_tokens[i]
     raw = tokens.tobytes()
     _write_bytes(directory / f"{split}.bin", raw)
@@ -474,7 +507,8 @@ def _write_bytes(path: Path, payload: bytes):
 def summary_lines(meta: dict, directory=None) -> list[str]:
     """A short human summary of a meta dict (used by the CLI)."""
     lines = [f"corpus: {meta['corpus']} ({meta.get('corpus_description', '')}), source asked: {meta['source']}"
-             + (f", fallback: {meta['fallback_reason']}" if meta["fallback_reason"] else "")]
+             + (f", fallback: {meta['fallback_reason']}" if meta["fallback_reason"] else ""),
+             f"tokenizer: {tokenizer_info(meta)['name']} ({tokenizer_info(meta)['vocab_size']:,} tokens)"]
     for split in SPLITS:
         info = meta["splits"][split]
         lines.append(f"{split:>5}: {info['documents']:>6,} docs {info['tokens']:>12,} tokens "

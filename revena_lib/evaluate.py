@@ -32,7 +32,7 @@ from revena_lib.config import EvalConfig, get_preset
 from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
 from revena_lib.paths import results_dir as default_results_dir, trained_dir as default_trained_dir
 from revena_lib.recall import make_recall_items, score_recall_items, summarize_recall
-from revena_lib.tokenizer import EOT_ID, get_tokenizer
+from revena_lib.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
 
 BRIEF_KEYS = ("bpc", "long_range_recall", "memory_hit_rate", "tokens_per_sec")
 RESULTS_FILE = "results.json"
@@ -68,7 +68,7 @@ def evaluation_documents(split, max_docs: int, max_tokens_per_doc: int, seed: in
     tokens kept, so the denominator always matches the tokens scored. Each document also carries the characters
     of each position bucket (``POSITION_BUCKETS``), for BPC by position.
     """
-    enc = get_tokenizer()
+    enc = split.tokenizer
     if 0 < max_docs < split.num_docs:
         indices = sorted(np.random.default_rng(seed).choice(split.num_docs, size=max_docs, replace=False).tolist())
     else:
@@ -85,9 +85,9 @@ def evaluation_documents(split, max_docs: int, max_tokens_per_doc: int, seed: in
             characters, n_bytes = int(split.doc_characters[i]), int(split.doc_bytes[i])
         if len(tokens) < 2 or characters == 0:
             continue  # nothing to predict
-        buckets = [len(enc.decode_bytes([t for t in tokens[lo:hi].tolist() if t != EOT_ID]).decode("utf-8", "replace"))
+        buckets = [len(enc.decode_bytes([t for t in tokens[lo:hi].tolist() if t != enc.eot_token]).decode("utf-8", "replace"))
                    for lo, hi in POSITION_BUCKETS]
-        docs.append({"index": int(i), "tokens": tokens, "characters": characters, "bytes": n_bytes,
+        docs.append({"index": int(i), "tokens": tokens, "tokenizer": enc, "characters": characters, "bytes": n_bytes,
                      "truncated": truncated, "bucket_characters": buckets})
     if not docs:
         raise EvalError("no validation document has text to evaluate; prepare data: python -m revena_lib.prepare_data")
@@ -122,7 +122,7 @@ def unigram_document_bits(train_split, docs: list[dict], vocab_size: int) -> np.
     vocabulary, document-opening EOTs left out): the reference any trained model must clear by far, scored on
     exactly the documents and tokens the arms are scored on."""
     counts = np.bincount(np.asarray(train_split.tokens), minlength=vocab_size).astype(np.float64)  # (V,)
-    counts[EOT_ID] = 0.0
+    counts[train_split.tokenizer.eot_token] = 0.0
     counts += 1.0
     bits = -np.log2(counts / counts.sum())
     return np.array([float(bits[d["tokens"][1:]].sum()) for d in docs])
@@ -223,7 +223,8 @@ def _comparable(config: dict, arm: str) -> dict:
         "preset": config.get("preset"), "dtype": config.get("dtype"),
         **{f"model.{k}": v for k, v in (config.get("model") or {}).items() if k not in overridden},
         **{f"train.{k}": v for k, v in (config.get("train") or {}).items() if k != "seed"},
-        "corpus": data_meta.get("corpus"), "tokenizer": data_meta.get("tokenizer"),
+        "corpus": data_meta.get("corpus"), "tokenizer": (config.get("tokenizer") or {"name": "gpt2"}).get("name"),
+        "tokenizer_sha256": (config.get("tokenizer") or {}).get("sha256"),
     }
 
 
@@ -277,7 +278,8 @@ def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> 
         log(f"evaluate: {arm} seed {config.get('seed')} ({run_dir})")
         with autocast(device):
             measured = document_nll(model, docs, device, **({"progress": True} if log.verbose else {}))
-            recall.append(score_recall_items(model, items, device=device, batch_size=ecfg.batch_size))
+            recall.append(score_recall_items(model, items, device=device, batch_size=ecfg.batch_size,
+                                             tokenizer=docs[0]["tokenizer"]))
         seeds.append(config.get("seed", run_dir.name))
         nll.append(measured["nll_bits"])
         buckets.append(measured["bucket_bits"])
@@ -425,6 +427,13 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
 
     val = load_split("val", data_dir=data_dir)
     docs = evaluation_documents(val, ecfg.max_docs, ecfg.max_tokens_per_doc, ecfg.doc_seed)
+    data_tokenizer = tokenizer_info(val.meta)
+    for dirs in runs.values():
+        for run_dir in dirs:
+            try:
+                check_same_tokenizer(read_config(run_dir).get("tokenizer"), data_tokenizer, str(run_dir))
+            except TokenizerError as e:
+                raise EvalError(str(e)) from None
     items = make_recall_items(val, ecfg.recall_distances, ecfg.recall_items_per_distance, ecfg.recall_seed)
     log = _Log(progress)
     log(f"evaluate: arms {', '.join(runs)}; {len(docs)} validation documents, {len(items)} recall items, device {device}")
@@ -445,13 +454,12 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
             throughput[name] = throughput[source]   # same weights; reads off costs no less to time separately
 
     chars = np.array([d["characters"] for d in docs], float)
-    unigram = unigram_document_bits(load_split("train", data_dir=data_dir), docs,
-                                    int(base_config.get("model", {}).get("vocab_size", 50257)))
+    unigram = unigram_document_bits(load_split("train", data_dir=data_dir), docs, int(data_tokenizer["vocab_size"]))
     meta = val.meta
     evaluated = {
         "corpus": meta.get("corpus"), "source": meta.get("source"), "fallback_reason": meta.get("fallback_reason"),
         "preset": preset_obj.name, "device": str(device), "dtype": dtype_name(autocast_dtype(device)),
-        "logprob_dtype": "fp32", "window": window,
+        "logprob_dtype": "fp32", "window": window, "tokenizer": data_tokenizer["name"],
         "receptive_field": int(base_config.get("model", {}).get("n_layer", 1)) * (window - 1),
         "documents": [d["index"] for d in docs], "document_seed": ecfg.doc_seed,
         "predicted_tokens": int(sum(len(d["tokens"]) - 1 for d in docs)), "characters": int(chars.sum()),

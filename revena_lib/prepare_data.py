@@ -18,7 +18,8 @@ from revena_lib.paths import data_dir as default_data_dir
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m revena_lib.prepare_data",
-        description="Tokenise the corpus (GPT-2 BPE) into data/train.bin, data/val.bin (uint16) and data/meta.json. "
+        description="Tokenise the corpus (GPT-2 BPE, or a custom BPE learned from the training split) into "
+                    "data/train.bin, data/val.bin (uint16) and data/meta.json. "
                     "Each document is stored as [<|endoftext|>, tokens...] and documents are split train/val by "
                     "document. Re-running with the same settings reuses the verified files.",
     )
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of documents held out for validation, 0 < f < 1 (default: the preset's, 0.1)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the document shuffle that decides the train/val split (default: the preset's)")
+    parser.add_argument("--tokenizer", default=None, metavar="gpt2|bpe-N",
+                        help="gpt2: the GPT-2 BPE (50,257 tokens, the brief's); bpe-N: a byte-level BPE of N tokens "
+                             "trained on the training split only with Hugging Face tokenizers (digits split one per "
+                             "token), saved as data/tokenizer.json; a smaller output layer trains much faster on a "
+                             "CPU, and BPC stays per character (default: the preset's)")
     parser.add_argument("--data-dir", default=None,
                         help="where to write train.bin, val.bin, meta.json (default: $REVENA_HOME/data, "
                              "else the repo's data/)")
@@ -65,6 +71,7 @@ def main(argv=None):
             data_dir=directory,
             progress=not args.quiet,
             force=args.force,
+            tokenizer=args.tokenizer if args.tokenizer is not None else cfg.tokenizer,
         )
     except DataError as e:
         sys.exit(f"error: {e}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from revena_lib.tokenizer import EOT_ID, get_tokenizer
+from revena_lib.tokenizer import EOT_ID, get_tokenizer  # EOT_ID: GPT-2's, for hand-made items
 
 PASSKEY_QUESTION = " The pass key is"
 PASSKEY_TAIL = ". Remember it."
@@ -72,18 +72,17 @@ class RecallItem:
         return self.tokens[self.answer_start:self.answer_start + self.answer_len]
 
 
-def _document_bodies(filler) -> list[np.ndarray]:
+def _document_bodies(filler, eot: int) -> list[np.ndarray]:
     """The text tokens of each document (opening EOT dropped). Accepts a TokenSplit or a list of token arrays."""
     if hasattr(filler, "document") and hasattr(filler, "num_docs"):
         docs = [np.asarray(filler.document(i)) for i in range(filler.num_docs)]
     else:
         docs = [np.asarray(d) for d in filler]
-    return [d[1:] if len(d) and d[0] == EOT_ID else d for d in docs]
+    return [d[1:] if len(d) and d[0] == eot else d for d in docs]
 
 
-def _planted_pair(rng: np.random.Generator) -> dict:
+def _planted_pair(rng: np.random.Generator, enc) -> dict:
     """Fact, question and answer tokens for a passkey and a control item (same random draw order every time)."""
-    enc = get_tokenizer()
     key = f" {int(rng.integers(10_000, 100_000))}"
     obj = CONTROL_OBJECTS[int(rng.integers(len(CONTROL_OBJECTS)))]
     colour = CONTROL_COLOURS[int(rng.integers(len(CONTROL_COLOURS)))]
@@ -99,7 +98,7 @@ def _planted_pair(rng: np.random.Generator) -> dict:
     }
 
 
-def make_recall_items(filler, distances, items_per_distance: int, seed: int) -> list[RecallItem]:
+def make_recall_items(filler, distances, items_per_distance: int, seed: int, tokenizer=None) -> list[RecallItem]:
     """Passkey and control items planted in real text; deterministic for a given (filler, seed).
 
     For every distance D and every i < items_per_distance one passkey item and one control item are
@@ -127,16 +126,17 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int) -> 
         The control item of the same pair: "... the ocean The color of the boat is yellow. with danger,
         ... as they The color of the boat is yellow", answer " yellow" (1 token, answer_start 70).
 
-    ``filler``: a ``TokenSplit`` (validation split) or a list of token arrays. Documents with at least
+    ``tokenizer``: the one the filler's tokens were made with (default: a TokenSplit's own, else the prepared
+    data's). ``filler``: a ``TokenSplit`` (validation split) or a list of token arrays. Documents with at least
     P + D text tokens are used; if none is long enough, all documents are joined (their EOTs dropped)
     and the item's doc_index is -1.
     """
-    bodies = _document_bodies(filler)
+    enc = tokenizer or (filler.tokenizer if hasattr(filler, "tokenizer") else get_tokenizer())
+    bodies = _document_bodies(filler, enc.eot_token)
     if not bodies or sum(len(b) for b in bodies) == 0:
         raise RecallError("make_recall_items: the filler split has no text tokens (prepare data first: "
                           "python -m revena_lib.prepare_data)")
     joined = np.concatenate(bodies)
-    enc = get_tokenizer()
     items = []
     for distance in distances:
         distance = int(distance)
@@ -158,10 +158,10 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int) -> 
             offset = int(rng.integers(0, len(source) - need + 1))
             prefix = source[offset:offset + prefix_len].tolist()
             gap = source[offset + prefix_len:offset + need].tolist()
-            planted = _planted_pair(rng)
+            planted = _planted_pair(rng, enc)
             for kind in ("passkey", "control"):
                 fact, question, answer, answer_text = planted[kind]
-                tokens = [EOT_ID] + prefix + fact + gap + question + answer
+                tokens = [enc.eot_token] + prefix + fact + gap + question + answer
                 fact_start = 1 + prefix_len
                 fact_end = fact_start + len(fact)
                 answer_start = fact_end + distance + len(question)
@@ -178,7 +178,7 @@ def model_device(model) -> torch.device:
 
 @torch.inference_mode()
 def score_recall_items(model, items: list[RecallItem], device=None, batch_size: int = 8,
-                       max_batch_tokens: int = 8192) -> list[dict]:
+                       max_batch_tokens: int = 8192, tokenizer=None) -> list[dict]:
     """Teacher-forced scores, one dict per item, in the order of ``items``.
 
     Each dict: ``exact_match`` (1 if greedy argmax gives every answer token, else 0),
@@ -196,7 +196,7 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
         model = model.to(device)
     device = model_device(model)
     use_ltm = bool(getattr(getattr(model, "cfg", None), "use_ltm", False))
-    enc = get_tokenizer()
+    enc = tokenizer or get_tokenizer()
     order = sorted(range(len(items)), key=lambda k: len(items[k].tokens))
     results: list[dict | None] = [None] * len(items)
     start = 0
@@ -207,7 +207,7 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
         start += n
         batch = [items[k] for k in batch_ids]
         T = max(len(it.tokens) for it in batch)
-        idx = torch.full((len(batch), T), EOT_ID, dtype=torch.long)
+        idx = torch.full((len(batch), T), enc.eot_token, dtype=torch.long)
         for row, it in enumerate(batch):
             idx[row, :len(it.tokens)] = torch.tensor(it.tokens, dtype=torch.long)
         out = model(idx.to(device), introspect=use_ltm)

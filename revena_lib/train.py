@@ -36,7 +36,7 @@ from revena_lib.device import (DTYPES, DeviceError, autocast, autocast_dtype, cl
                                init_distributed, is_main_process, needs_grad_scaler, rank, select_device, world_size)
 from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
 from revena_lib.paths import trained_dir
-from revena_lib.tokenizer import EOT_ID, N_VOCAB
+from revena_lib.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
 
 # Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
 VAL_BATCH_SEED = 20_240_601
@@ -173,12 +173,13 @@ def unigram_bpc(data_dir=None) -> float:
     from revena_lib.data import load_split
 
     train_split, val_split = load_split("train", data_dir), load_split("val", data_dir)
-    counts = np.bincount(np.asarray(train_split.tokens), minlength=N_VOCAB).astype(np.float64)  # (V,)
-    counts[EOT_ID] = 0.0
+    eot = train_split.tokenizer.eot_token
+    counts = np.bincount(np.asarray(train_split.tokens), minlength=train_split.vocab_size).astype(np.float64)  # (V,)
+    counts[eot] = 0.0
     counts += 1.0
     bits_per_token = -np.log2(counts / counts.sum())                                           # (V,)
-    val_counts = np.bincount(np.asarray(val_split.tokens), minlength=N_VOCAB).astype(np.float64)
-    val_counts[EOT_ID] = 0.0
+    val_counts = np.bincount(np.asarray(val_split.tokens), minlength=train_split.vocab_size).astype(np.float64)
+    val_counts[eot] = 0.0
     return float(val_counts @ bits_per_token / val_split.characters)
 
 
@@ -295,8 +296,11 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
     if steps:
         preset.train.steps = int(steps)
     preset.train.seed = seed
+    from revena_lib.data import load_meta
+    tokenizer = tokenizer_info(load_meta())
+    preset.model.vocab_size = int(tokenizer["vocab_size"])   # the model's vocabulary is the data's tokenizer's
     out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
-    state = _resume_state(out, preset, seed, steps, resume, force)
+    state = _resume_state(out, preset, seed, steps, resume, force, tokenizer)
     if state == "finished":
         return out
 
@@ -310,13 +314,17 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
             cleanup_distributed()
 
 
-def _resume_state(out: Path, preset: Preset, seed: int, steps, resume: bool, force: bool):
+def _resume_state(out: Path, preset: Preset, seed: int, steps, resume: bool, force: bool, tokenizer: dict):
     """Decide between fresh start (None), resumption (the checkpoint dict) and refusal, before touching data or
     devices. Returns "finished" for a finished run asked to resume. A resumed run keeps its saved recipe."""
     ckpt_path, config_path = out / ckpt.CHECKPOINT_FILE, out / ckpt.CONFIG_FILE
     existing = config_path.exists() or ckpt_path.exists()
     if existing and resume and ckpt_path.exists():
         state = ckpt.load_checkpoint(ckpt_path)
+        try:
+            check_same_tokenizer(state["config"].get("tokenizer"), tokenizer, str(ckpt_path))
+        except TokenizerError as e:
+            raise CheckpointError(str(e)) from None
         ckpt.check_model_config(ckpt_path, state["config"]["model"], dataclasses.asdict(preset.model))
         if state["seed"] != seed:
             raise CheckpointError(f"{ckpt_path} belongs to seed {state['seed']}, not {seed}; use --seed {state['seed']}")
@@ -413,6 +421,7 @@ def _write_run_files(run: _Run, fresh: bool) -> None:
         "model": dataclasses.asdict(run.preset.model), "train": dataclasses.asdict(run.cfg),
         "data": dataclasses.asdict(run.preset.data), "eval": dataclasses.asdict(run.preset.eval),
         "data_meta": _data_summary(run.train_split.meta),
+        "tokenizer": tokenizer_info(run.train_split.meta),
         "device": run.device.type, "dtype": dtype_name(run.dtype), "torch_version": torch.__version__,
         "world_size": world_size(), "num_parameters": run.model.num_parameters(),
         "val_characters_per_token": run.chars_per_token,
@@ -443,7 +452,8 @@ def _save(run: _Run, steps_done: int, finished: bool) -> None:
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "step": steps_done, "seed": run.seed, "arm": run.arm, "dtype": dtype_name(run.dtype),
-        "config": {"model": run.config["model"], "train": run.config["train"], "data": run.config["data"]},
+        "config": {"model": run.config["model"], "train": run.config["train"], "data": run.config["data"],
+                   "tokenizer": run.config["tokenizer"]},
         "rng": _rng_state(), "accumulator": dict(run.accumulator), "train_seconds": run.train_seconds,
     })
     ckpt.write_json(run.out / ckpt.CONFIG_FILE, {**run.config, "finished": finished, "steps_done": steps_done,

@@ -13,10 +13,10 @@ import pytest
 
 from revena_lib import data
 from revena_lib.config import get_preset
-from revena_lib.data import (EOT_ID, SPLITS, DataError, TokenSplit, hub_unreachable_reason, load_embedded_corpus,
+from revena_lib.data import (SPLITS, DataError, TokenSplit, hub_unreachable_reason, load_embedded_corpus,
                              load_embedded_records, load_meta, load_split, prepare_data, split_documents)
 from revena_lib.paths import REPO_ROOT
-from revena_lib.tokenizer import get_tokenizer
+from revena_lib.tokenizer import EOT_ID, get_tokenizer
 
 TINY = dict(source="embedded", num_docs=12, max_doc_chars=1_500, val_fraction=0.25, split_seed=7, progress=False)
 
@@ -121,8 +121,9 @@ def test_same_settings_give_identical_files(revena_home):
 def test_meta_is_consistent_with_files(tiny_dir):
     meta = load_meta(tiny_dir)
     assert meta["corpus"] == "sotu" and meta["source"] == "embedded" and meta["fallback_reason"] is None
-    assert meta["tokenizer"] == "gpt2"
-    assert meta["settings"] == {k: TINY[k] for k in ("num_docs", "max_doc_chars", "val_fraction", "split_seed")}
+    assert meta["tokenizer"] == {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256}
+    assert meta["settings"] == {**{k: TINY[k] for k in ("num_docs", "max_doc_chars", "val_fraction", "split_seed")},
+                                "tokenizer": "gpt2"}
     assert meta["documents"] == sum(meta["splits"][s]["documents"] for s in SPLITS) == TINY["num_docs"]
     for split in SPLITS:
         info = meta["splits"][split]
