@@ -1,10 +1,9 @@
 """Devices, dtypes, threads and multi-process setup: the ONE place the workbook decides where and how tensors run.
 
 * ``select_device()`` picks CUDA when there is one (``cuda:<LOCAL_RANK>`` under torchrun), else the CPU.
-* ``autocast_dtype(device)`` is bf16 on CUDA (fp16 on GPUs without bf16, the only case that needs a
-  GradScaler), and on the CPU bf16 only where the CPU runs it natively *and* a quick matmul probe shows
-  it at least 2x faster than fp32 (AMX CPUs: ~5x; emulated bf16 is slower than fp32).
-  ``REVENA_DTYPE=fp32|bf16|fp16`` overrides the choice.
+* ``autocast_dtype(device)`` is fixed per device, so every arm and seed of an experiment trains in the same
+  dtype (evaluation refuses arms trained in different ones): bf16 on CUDA (fp16 on GPUs without bf16, the only
+  case that needs a GradScaler), fp32 on the CPU. ``REVENA_DTYPE=fp32|bf16|fp16`` overrides it for every run.
 * ``configure_threads()`` gives each process its share of the cores (``REVENA_THREADS`` overrides).
 * ``init_distributed()`` starts a process group when torchrun set ``WORLD_SIZE>1`` (nccl on CUDA, gloo on CPU).
 
@@ -136,16 +135,10 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
     if device_type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device_type == "cpu":
-        speedup = cpu_bf16_speedup()
-        # A bf16 matmul must be >= 2x faster (AMX-class CPUs: ~5x) before autocast pays: the 50k-vocabulary
-        # softmax and the dtype casts gain nothing, so on this 2-core Xeon (AMX) a cpu-preset step took
-        # 0.78 s in bf16 vs 1.07 s in fp32 with a 5x matmul ratio; CPUs with a smaller ratio train faster in fp32.
-        choice = torch.bfloat16 if speedup >= 2.0 else None
-        if is_main_process():
-            reason = "no native bf16" if speedup == 0.0 else f"bf16 matmul {speedup:.1f}x fp32, needs 2x"
-            print(f"revena: CPU autocast dtype {dtype_name(choice)} ({reason}; REVENA_DTYPE=fp32|bf16 overrides)",
-                  file=sys.stderr)
-        return choice
+        # Fixed, not measured: a timing probe picked bf16 on one CPU and fp32 on the next, and arms trained in
+        # different dtypes are not comparable. fp32 is exact and fast enough at the cpu preset's sizes;
+        # REVENA_DTYPE=bf16 opts in (AMX CPUs run bf16 matmuls several times faster; see cpu_bf16_speedup()).
+        return None
     return None
 
 

@@ -140,6 +140,19 @@ def batch_for_step(split, seed: int, step: int, batch_size: int, seq_len: int) -
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 
+def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows (the same
+    rows for every arm: a pure function of (seed, step))."""
+    x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
+    if cfg.recall_mix <= 0:
+        return x, y
+    from revena_lib.recall_mix import plant_facts
+
+    rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
+    rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer)
+    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+
 def validation_batches(val_split, cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [batch_for_step(val_split, VAL_BATCH_SEED, i, cfg.batch_size, cfg.seq_len) for i in range(cfg.eval_batches)]
 
@@ -468,7 +481,7 @@ def _optimizer_step(run: _Run, step: int, stop) -> torch.Tensor:
     lr = lr_at_step(step, cfg)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    x, y = batch_for_step(run.train_split, run.seed, step, cfg.batch_size, cfg.seq_len)   # (B, T) global batch
+    x, y = training_batch(run.train_split, run.seed, step, cfg)                            # (B, T) global batch
     x, y = x[my_rank::ranks].to(run.device), y[my_rank::ranks].to(run.device)            # this rank's rows
     with autocast(run.device, run.dtype):
         output = run.step_model(x, y)

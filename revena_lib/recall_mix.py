@@ -1,0 +1,87 @@
+"""Training rows that teach copying: real text with facts planted in it and asked again later in the same row.
+
+Small models trained on plain text at CPU budgets never learn to copy from context, so a recall test on them
+has no positive control. A share (``TrainConfig.recall_mix``) of every batch's rows therefore carries
+``recall_facts_per_row`` facts: a fact is written over the real text at one position, and its question (the
+fact's cue, then its answer) is written again ``distance`` tokens later, at distances drawn from inside the
+window up to the end of the row (with 1,024-token rows and a receptive field of 508 tokens at ``cpu``, some are
+asked beyond it). The language-model loss on the answer tokens can only be lowered by copying.
+
+Evaluation's items (``recall.py``: "The pass key is 48213. Remember it." / "The pass key is") are never used
+here: training facts have other phrasings, other entities and 3-4 digit numbers, so a model that recalls
+evaluation's pass keys has learned to copy, not memorised a template. Every arm sees the same rows: the planting
+is a pure function of (seed, step, row).
+
+Worked example (bpe tokens shown as text; ``|`` marks token boundaries of the planted pieces):
+
+    real text ...  the credit of the Government| The| code| of| Harbor| is| 7| 0| 3|.| and the duties ...
+    ... 300 tokens of real text ...
+    ... which we have| The| code| of| Harbor| is| 7| 0| 3|.| still to meet ...
+
+    The second " 7 0 3" is what copying predicts; the first is unpredictable (a fresh random number).
+
+    rows = plant_facts(rows, seed=1337, step=12, cfg=preset.train, tokenizer=split.tokenizer)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Phrasings, entities and number lengths used only in training (evaluation asks "The pass key is" + 5 digits).
+TEMPLATES = (" The code of {name} is", " {name}'s number is", " The locker of {name} opens with",
+             " The room of {name} is number")
+NAMES = ("Harbor", "Mr. Alden", "the Treasury", "Lincoln Street", "Ms. Carver", "the depot", "General Ward",
+         "Maple Avenue", "the fleet", "Dr. Olsen", "the archive", "Judge Perry", "the mill", "Captain Reyes")
+DIGITS = (3, 4)          # answer lengths in digits (evaluation uses 5)
+MIN_DISTANCE = 8         # tokens between the end of the fact and its question
+
+
+def _fact_tokens(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:
+    """(cue tokens, answer tokens) of one random training fact."""
+    template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+    name = NAMES[int(rng.integers(len(NAMES)))]
+    n_digits = DIGITS[int(rng.integers(len(DIGITS)))]
+    number = "".join(str(int(d)) for d in rng.integers(0, 10, n_digits))
+    cue = tokenizer.encode_ordinary(template.format(name=name))
+    return cue, tokenizer.encode_ordinary(f" {number}.")
+
+
+def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer) -> np.ndarray:
+    """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
+
+    Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits, then a start where
+    neither of its two spans overlaps an earlier pair's (pairs may interleave); position 0 is left alone."""
+    row = row.copy()
+    T = len(row)
+    taken = np.zeros(T, dtype=bool)
+    taken[0] = True
+    for _ in range(n_facts):
+        cue, answer = _fact_tokens(rng, tokenizer)
+        piece = np.array(cue + answer)                        # the fact and its question are the same tokens
+        n = len(piece)
+        longest = T - 1 - 2 * n
+        if longest < MIN_DISTANCE:
+            break
+        for _attempt in range(20):
+            distance = int(np.exp(rng.uniform(np.log(MIN_DISTANCE), np.log(longest + 1))))
+            distance = min(max(distance, MIN_DISTANCE), longest)
+            start = int(rng.integers(1, T - 2 * n - distance + 1))
+            question = start + n + distance
+            if not (taken[start:start + n].any() or taken[question:question + n].any()):
+                row[start:start + n] = piece
+                row[question:question + n] = piece
+                taken[start:start + n] = taken[question:question + n] = True
+                break
+    return row
+
+
+def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer) -> np.ndarray:
+    """Plant facts in a ``share`` of the batch's rows (B, T+1); deterministic per (seed, step, row)."""
+    if share <= 0:
+        return rows
+    out = rows.copy()
+    for b in range(rows.shape[0]):
+        rng = np.random.default_rng([seed, step, b, 0x5EED])
+        if rng.random() < share:
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer)
+    return out
