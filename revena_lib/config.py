@@ -47,6 +47,8 @@ class ModelConfig:
     ltm_similarity_threshold: float = 0.8   # a memory entry is a hit when cosine(query, key) is strictly above this
     ltm_layer: int = -1             # which attention layer owns the memory (negative counts from the end)
     ltm_score_temperature: float = 0.1      # softmax over hit cosines uses cosine / temperature
+    ltm_soft_width: float = 0.05            # training only: the cut relaxed to sigmoid((cos - cut) / width), so the
+                                            # memory gets gradient before any pair passes the hard cut (0 = hard)
 
     @property
     def memory_layer_index(self) -> int:

@@ -404,12 +404,12 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
 
 
 def prepare_from_preset(preset, source: str | None = None, data_dir=None, progress: bool = True,
-                        force: bool = False) -> dict:
-    """prepare_data with the preset's DataConfig; ``source`` overrides the preset's."""
+                        force: bool = False, tokenizer: str | None = None) -> dict:
+    """prepare_data with the preset's DataConfig; ``source`` and ``tokenizer`` override the preset's."""
     cfg = preset.data
     return prepare_data(source=source or cfg.source, num_docs=cfg.num_docs, max_doc_chars=cfg.max_doc_chars,
                         val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, data_dir=data_dir,
-                        progress=progress, force=force, tokenizer=cfg.tokenizer)
+                        progress=progress, force=force, tokenizer=tokenizer or cfg.tokenizer)
 
 
 def _check_settings(num_docs, max_doc_chars, val_fraction):

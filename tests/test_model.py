@@ -296,8 +296,9 @@ def test_memory_is_empty_at_every_call_and_rows_do_not_share_it():
 # ------------------------------------------------------------------------------- gradients, dtype, parameters
 
 def test_gradients_are_finite_and_reach_the_gate():
-    for threshold in (-1.0, 1.0):   # everything hits / nothing hits
-        model = build(use_ltm=True, ltm_similarity_threshold=threshold, ltm_write_threshold_bits=0.0).train()
+    for threshold in (-1.0, 1.0):   # everything hits / nothing hits (the hard rule: no relaxation)
+        model = build(use_ltm=True, ltm_similarity_threshold=threshold, ltm_write_threshold_bits=0.0,
+                      ltm_soft_width=0.0).train()
         idx = tokens(2, 33)
         model(idx, idx.roll(-1, 1)).loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
@@ -384,3 +385,31 @@ def test_random_write_rule_writes_as_many_tokens_per_chunk_as_the_surprisal_rule
     assert not at_random[:, 0].any() and not by_surprisal[:, 0].any()     # position 0 never
     full = write_mask(torch.full((1, 64), 9.0), positions[:1], cfg)       # every eligible token qualifies
     assert full.sum() == 63 and not full[0, 0]
+
+
+def test_at_the_briefs_settings_only_the_relaxed_read_gives_the_memory_a_gradient():
+    """From initialisation no query-key pair passes the brief's 0.8 cut: the hard read is exactly zero and passes
+    no gradient. The training read (soft width 0.05) reaches the gate, the memory layer's query/key projection and
+    the keys written earlier; evaluation still applies the hard rule."""
+    kw = dict(use_ltm=True, n_embd=128, n_head=2)          # brief's cut 0.8, write > 4.5 bits, capacity 256
+    idx = tokens(2, 192)
+    hard = build(**kw, ltm_soft_width=0.0).train()
+    with torch.no_grad():
+        assert hard(idx, introspect=True).trace.hit_count.sum() == 0, "precondition: no pair above the cut"
+    hard(idx, idx.roll(-1, 1)).loss.backward()
+    assert hard.ltm_gate_logit.grad.abs().sum() == 0
+
+    soft = build(**kw).train()
+    assert soft.cfg.ltm_soft_width == 0.05 and soft.cfg.ltm_similarity_threshold == 0.8
+    soft.load_state_dict(hard.state_dict())
+    soft(idx, idx.roll(-1, 1)).loss.backward()
+    assert soft.ltm_gate_logit.grad.abs().sum() > 0
+    layer = soft.blocks[soft.cfg.memory_layer_index].attn.c_attn
+    C = soft.cfg.n_embd
+    q_grad, k_grad = layer.weight.grad[:C], layer.weight.grad[C:2 * C]
+    hard_layer = hard.blocks[hard.cfg.memory_layer_index].attn.c_attn
+    assert not torch.allclose(q_grad, hard_layer.weight.grad[:C])            # the read adds gradient to queries ...
+    assert not torch.allclose(k_grad, hard_layer.weight.grad[C:2 * C])       # ... and to the keys it stored
+    soft.eval()
+    with torch.no_grad():                                                     # evaluation: the hard rule, exactly
+        torch.testing.assert_close(soft(idx).logits, hard.eval()(idx).logits)

@@ -268,15 +268,22 @@ class LongTermMemory:
         skipped = (n_routed - s).clamp(min=0)                    # qualifying tokens overwritten within this chunk
         keep = routed & (order > skipped)
         slot = torch.where(keep, (self.written[:, None] + order - 1) % s, s)          # (B, L), s = trash slot
-        self.kv = self.kv.scatter(2, slot[:, None, :, None].expand_as(kv), kv.detach())
+        self.kv = self.kv.scatter(2, slot[:, None, :, None].expand_as(kv), kv)   # kv is detached unless training soft
         self.positions = self.positions.scatter(1, slot, positions)
         n = n_routed[:, 0]
         evictions = (self.occupancy() + n - s).clamp(min=0)
         self.written = self.written + n
         return evictions
 
-    def read(self, unit_queries: torch.Tensor, threshold: float, temperature: float, want_trace: bool):
+    def read(self, unit_queries: torch.Tensor, threshold: float, temperature: float, want_trace: bool,
+             soft_width: float = 0.0):
         """Hit-restricted softmax read for one chunk. unit_queries (B, H, L, D) float32.
+
+        ``soft_width`` > 0 (training only): the hard cut is relaxed to a soft hit-ness sigmoid((cos - threshold) /
+        soft_width) per entry; the read is that soft-hit-weighted softmax, scaled by the soft probability of any
+        hit, so it tends to the hard rule as the width shrinks, and is ~0 when no entry is near the cut. Unlike the
+        hard rule, it passes gradient to queries, keys and gate while every cosine is still below the cut (a fresh
+        model's best pairs sit at 0.6-0.7 against the brief's 0.8, where the hard read is exactly zero).
 
         Returns (out (B, H, L, D) float32, exactly 0 where a query has no hit; hit_any (B, L) bool; trace pieces
         (hit_count, top positions, top cosines) or None). Entries only come from earlier chunks, because a
@@ -286,7 +293,12 @@ class LongTermMemory:
         keys, values = self.kv[:, :, :s, :d], self.kv[:, :, :s, d:]           # drop the trash slot
         positions = self.positions[:, :s]                                     # (B, S)
         cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
-        hit = (cos > threshold) & (positions >= 0)[:, None, None, :]
+        valid = (positions >= 0)[:, None, None, :]
+        hit = (cos > threshold) & valid
+        if soft_width > 0:
+            out = self._soft_read(cos, values, valid, threshold, temperature, soft_width)
+            hit_any = hit.any(dim=1).any(dim=-1)
+            return out, hit_any, None
         # softmax over the hits only: shift by the (detached) best hit score; exp(-inf) = 0 elsewhere, so a query
         # without hits gets all-zero weights (and zero, finite gradients) instead of NaN
         scores = (cos / temperature).masked_fill(~hit, -torch.inf)
@@ -309,6 +321,18 @@ class LongTermMemory:
                 top_cos = F.pad(top_cos, (0, TOP_HITS - k), value=0.0)
             trace = (hit_entry.sum(-1), top_pos, top_cos)
         return out, hit_any, trace
+
+
+    @staticmethod
+    def _soft_read(cos, values, valid, threshold: float, temperature: float, width: float) -> torch.Tensor:
+        """The relaxed read (see ``read``): cos (B, H, L, S), values (B, H, S, D) -> (B, H, L, D)."""
+        hitness = torch.sigmoid((cos - threshold) / width) * valid                     # (B, H, L, S) in [0, 1)
+        scores = (cos / temperature).masked_fill(~valid, -torch.inf)
+        shift = scores.detach().amax(-1, keepdim=True).clamp(min=-1e4)
+        weights = hitness * torch.exp(scores - shift)
+        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
+        any_hit = 1.0 - torch.exp(torch.log1p(-hitness.clamp(max=1 - 1e-6)).sum(-1, keepdim=True))   # (B, H, L, 1)
+        return any_hit * (weights @ values)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -374,11 +398,14 @@ class RevenaLM(nn.Module):
         y_stm, q_raw, k_raw, v_raw = mem_block.stm_all(x, cos, sin, masks, c, p)    # (B, H, Tp, D) each
 
         memory = None
+        soft = self.training and cfg.ltm_soft_width > 0 and not introspect   # the relaxed read trains; eval is hard
         if use_ltm:
             memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device)
             with torch.autocast(device_type=device.type, enabled=False):
                 unit_q = F.normalize(q_raw.float(), dim=-1)                          # (B, H, Tp, D)
-                kv = torch.cat([F.normalize(k_raw.float(), dim=-1), v_raw.float()], dim=-1).detach()   # (B, H, Tp, 2D)
+                kv = torch.cat([F.normalize(k_raw.float(), dim=-1), v_raw.float()], dim=-1)   # (B, H, Tp, 2D)
+                if not soft:   # the brief's memory is not differentiable; the soft training read keeps keys' gradient
+                    kv = kv.detach()
             gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
             positions = torch.arange(T, device=device).expand(B, T)
             routed_all = torch.zeros(B, T, dtype=torch.bool, device=device)
@@ -403,7 +430,8 @@ class RevenaLM(nn.Module):
             if use_ltm and memory_read:
                 with torch.autocast(device_type=device.type, enabled=False):
                     read, hit_any, tr = memory.read(unit_q[:, :, s:e], cfg.ltm_similarity_threshold,
-                                                    cfg.ltm_score_temperature, introspect)
+                                                    cfg.ltm_score_temperature, introspect and not soft,
+                                                    cfg.ltm_soft_width if soft else 0.0)
                     y = (y.float() + gate * read).to(y.dtype)   # no hit: read is exactly 0
                 hit_all[:, s:e] = hit_any
                 if introspect:
