@@ -1,35 +1,35 @@
-"""Training throughput of both arms side by side, and model FLOPs utilisation against this machine's matmul peak.
+"""Training throughput of the arms side by side with a plain GPT, and model FLOPs utilisation against this
+machine's matmul peak.
 
 Times full optimizer steps (forward, backward, clip, AdamW) on the preset's real batches (random tokens
-if no data is prepared), after warm-up, for the baseline and the LTM arm in one run, then measures the
-peak of a large square matmul in the same dtype. Model FLOPs per token, stated explicitly:
+if no data is prepared), after warm-up, for the baseline, the LTM arm and a plain GPT of the same size in one run,
+their steps interleaved, then measures the peak of a large square matmul. The plain GPT is written here as a
+typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full (B, T, V) logits,
+F.cross_entropy, fp32. Model FLOPs per token, stated explicitly:
     6 * N_params                         (forward + backward of every weight; the tied embedding counted once,
                                           as the output layer's matmul, the input lookup is free)
   + 12 * n_layer * n_embd * window       (attention scores and weighted values, forward + backward, over the
                                           `window` keys each query actually sees; LTM reads not counted)
 
-    .venv/bin/python benchmarks/bench_train.py --preset cpu --steps 5
+    .venv/bin/python benchmarks/bench_train.py --preset cpu --steps 5 [--vocab-size 4096]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
+from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
 from revena_lib.models.transformer import RevenaLM
 from revena_lib.train import batch_for_step, make_optimizer
-
-
-def model_flops_per_token(model: RevenaLM) -> float:
-    cfg = model.cfg
-    return 6 * model.num_parameters() + 12 * cfg.n_layer * cfg.n_embd * cfg.window
 
 
 def matmul_peak_flops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
@@ -48,14 +48,48 @@ def matmul_peak_flops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
-def make_stepper(preset, with_ltm: bool, split, device, dtype):
-    """A closure running one full optimizer step of one arm on batch ``step``; returns its wall seconds."""
-    preset = copy.deepcopy(preset)
-    preset.model.use_ltm = with_ltm
+class PlainGPT(nn.Module):
+    """The reference: a nanoGPT-style model of the same size (pre-norm blocks, full causal attention, tied
+    embedding, learned positions), full logits and F.cross_entropy."""
+
+    def __init__(self, vocab: int, n_layer: int, n_head: int, n_embd: int, seq_len: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(seq_len, n_embd)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(n_embd, n_head, 4 * n_embd, dropout=0.0,
+                                                               activation="gelu", batch_first=True, norm_first=True,
+                                                               bias=False) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab, bias=False)
+        self.head.weight = self.wte.weight
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x, y):
+        T = x.shape[1]
+        h = self.wte(x) + self.wpe(torch.arange(T, device=x.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=x.device)
+        for block in self.blocks:
+            h = block(h, src_mask=mask, is_causal=True)
+        logits = self.head(self.ln_f(h))                                        # (B, T, V) fp32
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def make_stepper(preset, arm: str, split, device, dtype):
+    """A closure running one full optimizer step of one arm (or "plain_gpt") on batch ``step``; returns its seconds."""
     cfg = preset.train
     torch.manual_seed(cfg.seed)
-    model = RevenaLM(preset.model).to(device).train()
-    optimizer = make_optimizer(model, cfg, device)
+    if arm == "plain_gpt":
+        m = preset.model
+        model, dtype = PlainGPT(m.vocab_size, m.n_layer, m.n_head, m.n_embd, cfg.seq_len).to(device).train(), None
+        loss_of = lambda x, y: model(x, y)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    else:
+        arm_cfg = arm_preset(preset, arm)
+        arm_cfg.model.vocab_size = preset.model.vocab_size
+        model = RevenaLM(arm_cfg.model).to(device).train()
+        loss_of = lambda x, y: model(x, y).loss
+        optimizer = make_optimizer(model, cfg, device)
 
     def step(i: int) -> float:
         if split is not None:
@@ -66,7 +100,7 @@ def make_stepper(preset, with_ltm: bool, split, device, dtype):
         x, y = x.to(device), y.to(device)
         start = time.perf_counter()
         with autocast(device, dtype):
-            loss = model(x, y).loss
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -80,7 +114,7 @@ def make_stepper(preset, with_ltm: bool, split, device, dtype):
 
 def time_arms(preset, split, steps: int, warmup: int, device, dtype) -> dict:
     """Both arms, their steps interleaved (baseline, LTM, baseline, ...) so a busy machine slows both alike."""
-    arms = {arm: make_stepper(preset, arm == "with_ltm", split, device, dtype) for arm in ("baseline", "with_ltm")}
+    arms = {arm: make_stepper(preset, arm, split, device, dtype) for arm in ("baseline", "with_ltm", "plain_gpt")}
     seconds = {arm: [] for arm in arms}
     for i in range(warmup + steps):
         for arm, (_, step) in arms.items():
@@ -91,7 +125,8 @@ def time_arms(preset, split, steps: int, warmup: int, device, dtype) -> dict:
     results = {}
     for arm, (model, _) in arms.items():
         median = sorted(seconds[arm])[len(seconds[arm]) // 2]
-        flops_per_token = model_flops_per_token(model)
+        context = preset.model.window if arm != "plain_gpt" else preset.train.seq_len / 2   # plain: mean causal span
+        flops_per_token = 6 * model.num_parameters() + 12 * preset.model.n_layer * preset.model.n_embd * context
         results[arm] = {"params": model.num_parameters(), "s_per_step": median, "tok_per_sec": tokens / median,
                         "flops_per_token": flops_per_token, "model_flops_per_sec": flops_per_token * tokens / median}
     return results
@@ -106,6 +141,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="autocast dtype (default: what device.py picks for training)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="output layer size (default: the prepared data's tokenizer, else GPT-2's 50,257)")
     args = parser.parse_args(argv)
 
     try:
@@ -117,8 +154,11 @@ def main(argv=None) -> None:
     try:
         from revena_lib.data import DataError, load_split
         split, data_note = load_split("train"), "real batches (batch_for_step)"
+        preset.model.vocab_size = split.vocab_size
     except DataError:
         split, data_note = None, "random tokens (no prepared data)"
+    if args.vocab_size and args.vocab_size != preset.model.vocab_size:
+        preset.model.vocab_size, split, data_note = args.vocab_size, None, f"random tokens (--vocab-size {args.vocab_size})"
 
     load_before = os.getloadavg()[0]
     results = time_arms(preset, split, args.steps, args.warmup, device, dtype)
@@ -127,7 +167,8 @@ def main(argv=None) -> None:
 
     cfg = preset.train
     print(f"preset {preset.name}: batch {cfg.batch_size} x seq_len {cfg.seq_len}, {data_note}; device {device}, "
-          f"dtype {dtype_name(dtype)}, {torch.get_num_threads()} threads; median of {args.steps} interleaved steps "
+          f"vocabulary {preset.model.vocab_size:,}; dtype {dtype_name(dtype)} (plain GPT: fp32), "
+          f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps "
           f"after {args.warmup} warm-up")
     print(f"matmul peak ({dtype_name(dtype)}, 2048^3): {peak / 1e9:,.1f} GFLOP/s; "
           f"load average {load_before:.2f} before, {load_after:.2f} after")
@@ -138,7 +179,9 @@ def main(argv=None) -> None:
               f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
               f"{r['model_flops_per_sec'] / peak:>7.1%}")
     ratio = results["with_ltm"]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
-    print(f"throughput ratio with_ltm / baseline: {ratio:.2f}")
+    print(f"throughput ratio with_ltm / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x)")
+    for arm in ("baseline", "with_ltm"):
+        print(f"throughput ratio {arm} / plain GPT: {results[arm]['tok_per_sec'] / results['plain_gpt']['tok_per_sec']:.2f}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class TrainConfig:
     # asked again later in the row, so the models can learn to copy from context (the recall test's positive control).
     recall_mix: float = 0.0
     recall_facts_per_row: int = 4
+    recall_induction: float = 0.0   # and this share carries repeated spans of random tokens (an induction warm-up)
 
 
 @dataclass

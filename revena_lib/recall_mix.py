@@ -46,7 +46,15 @@ def _fact_tokens(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[i
     return cue, tokenizer.encode_ordinary(f" {number}.")
 
 
-def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer) -> np.ndarray:
+def _random_span(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:
+    """(first token, rest) of a span of 8-32 uniformly random tokens: the classic inducer of induction heads."""
+    span = rng.integers(1, tokenizer.n_vocab, int(rng.integers(8, 33))).tolist()
+    span = [t if t != tokenizer.eot_token else t + 1 for t in span]
+    return span[:1], span[1:]
+
+
+def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
+              random_spans: bool = False) -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
     Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits, then a start where
@@ -56,7 +64,7 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
     taken = np.zeros(T, dtype=bool)
     taken[0] = True
     for _ in range(n_facts):
-        cue, answer = _fact_tokens(rng, tokenizer)
+        cue, answer = _random_span(rng, tokenizer) if random_spans else _fact_tokens(rng, tokenizer)
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
         n = len(piece)
         longest = T - 1 - 2 * n
@@ -75,13 +83,18 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
     return row
 
 
-def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer) -> np.ndarray:
-    """Plant facts in a ``share`` of the batch's rows (B, T+1); deterministic per (seed, step, row)."""
-    if share <= 0:
+def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
+                induction_share: float = 0.0) -> np.ndarray:
+    """Plant facts in a ``share`` of the batch's rows (B, T+1), and repeated random-token spans in another
+    ``induction_share``; deterministic per (seed, step, row)."""
+    if share <= 0 and induction_share <= 0:
         return rows
     out = rows.copy()
     for b in range(rows.shape[0]):
         rng = np.random.default_rng([seed, step, b, 0x5EED])
-        if rng.random() < share:
+        draw = rng.random()
+        if draw < share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer)
+        elif draw < share + induction_share:
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True)
     return out

@@ -144,12 +144,13 @@ def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch
     """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows (the same
     rows for every arm: a pure function of (seed, step))."""
     x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
-    if cfg.recall_mix <= 0:
+    if cfg.recall_mix <= 0 and cfg.recall_induction <= 0:
         return x, y
     from revena_lib.recall_mix import plant_facts
 
     rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
-    rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer)
+    rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer,
+                       cfg.recall_induction)
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 
@@ -601,17 +602,58 @@ def parse_seeds(spec, preset: str | Preset) -> tuple[int, ...]:
 
 
 def train_arms(preset: str | Preset, arms, seeds=(), steps: int | None = None, progress: bool = True,
-               device=None) -> dict[str, Path]:
+               device=None, parallel: int = 0) -> dict[str, Path]:
     """Train (or resume, or reuse when finished) every seed of every arm; returns {"<arm> seed <N>": run_dir}.
-    ``arms``: names or 'a,b' (baseline always included); ``seeds``: '' or () for the preset's seeds."""
+
+    ``arms``: names or 'a,b' (baseline always included); ``seeds``: '' or () for the preset's seeds.
+    ``parallel`` > 1 runs that many single-threaded ``python -m revena_lib.train`` processes at once (on a 2-core
+    CPU two one-thread runs train ~13% more tokens/s in total than one two-thread run; benchmarks/bench_train.py);
+    a named preset only, since the processes rebuild it by name. Each run is still a pure function of its seed.
+    ``parallel=0``: two processes for the cpu preset on a machine without CUDA and with 2+ cores, else one."""
     from revena_lib.arms import parse_arms
 
-    runs = {}
-    for arm in parse_arms(arms):
-        for seed in parse_seeds(seeds, preset):
-            runs[f"{arm} seed {seed}"] = train(preset, arm=arm, seed=seed, steps=steps or None, resume=True,
-                                               progress=progress, device=device)
-    return runs
+    if parallel <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        parallel = 2 if preset == "cpu" and cores >= 2 and not torch.cuda.is_available() and device != "cuda" else 1
+
+    jobs = [(arm, seed) for arm in parse_arms(arms) for seed in parse_seeds(seeds, preset)]
+    if parallel > 1 and isinstance(preset, str) and (device or "cpu") == "cpu":
+        return _train_in_processes(preset, jobs, steps, parallel, progress)
+    return {f"{arm} seed {seed}": train(preset, arm=arm, seed=seed, steps=steps or None, resume=True,
+                                        progress=progress, device=device) for arm, seed in jobs}
+
+
+def _train_in_processes(preset: str, jobs, steps, parallel: int, progress: bool) -> dict[str, Path]:
+    import subprocess
+
+    env = {**os.environ, "REVENA_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    pending, running, done = list(jobs), {}, {}
+    started = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < parallel:
+            arm, seed = pending.pop(0)
+            cmd = [sys.executable, "-m", "revena_lib.train", "--preset", preset, "--arm", arm, "--seed", str(seed),
+                   "--resume", "--no-progress"] + (["--steps", str(steps)] if steps else [])
+            out = run_dir(arm, seed, preset=preset)
+            out.mkdir(parents=True, exist_ok=True)
+            log = open(out / "train.log", "a")   # the run's console output, beside its metrics
+            running[(arm, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        time.sleep(1.0)
+        for key, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            if proc.returncode != 0:
+                for other, _ in running.values():
+                    other.terminate()
+                raise TrainError(f"training {key[0]} seed {key[1]} failed (exit {proc.returncode}); its output is in "
+                                 f"{log.name}; rerun to resume from the last checkpoint")
+            done[f"{key[0]} seed {key[1]}"] = run_dir(*key, preset=preset)
+            if progress:
+                print(f"revena: {key[0]} seed {key[1]} done ({len(done)}/{len(jobs)}, "
+                      f"{(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    return {f"{arm} seed {seed}": done[f"{arm} seed {seed}"] for arm, seed in jobs}
 
 
 # -----------------------------------------------------------------------------

@@ -49,3 +49,19 @@ def test_a_new_arm_is_one_row_in_the_table(smoke_home, tmp_path, monkeypatch):
     assert results["comparisons"]["ltm_strict"]["against"] == "baseline"
     with pytest.raises(ValueError, match="unknown arm 'nope'"):
         train("smoke", arm="nope", steps=1, progress=False)
+
+
+def test_parallel_training_processes_give_the_same_runs(smoke_home, tmp_path, monkeypatch):
+    """Seeds and arms trained as parallel one-thread processes: the same run directories, finished, each with its
+    console log; a failing job is reported with the path of its log."""
+    from revena_lib.train import TrainError, find_runs, train_arms
+
+    shutil.copytree(smoke_home / "data", tmp_path / "data")
+    monkeypatch.setenv("REVENA_HOME", str(tmp_path))
+    runs = train_arms("smoke", "with_ltm", seeds="1,2", steps=2, progress=False, parallel=2)
+    assert list(runs) == ["baseline seed 1", "baseline seed 2", "with_ltm seed 1", "with_ltm seed 2"]
+    assert find_runs("with_ltm", preset="smoke") == [runs["with_ltm seed 1"], runs["with_ltm seed 2"]]
+    assert all((run / "train.log").exists() for run in runs.values())
+    (tmp_path / "data" / "meta.json").write_text("{}")                    # every job now fails
+    with pytest.raises(TrainError, match=r"failed \(exit 1\).*train.log"):
+        train_arms("smoke", "baseline", seeds="3", steps=2, progress=False, parallel=2)
