@@ -29,7 +29,7 @@ import torch
 from revena_lib import stats
 from revena_lib.arms import ARMS, BASELINE, READ_ABLATIONS, parse_arms
 from revena_lib.config import EvalConfig, get_preset
-from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
+from revena_lib.models.transformer import memory_rates
 from revena_lib.paths import results_dir as default_results_dir, trained_dir as default_trained_dir
 from revena_lib.recall import make_recall_items, score_recall_items, summarize_recall
 from revena_lib.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
@@ -533,17 +533,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def load_results(results_dir=None) -> dict:
-    """Read ``results/results.json``; a clear error says how to make it."""
-    path = (Path(results_dir) if results_dir else default_results_dir()) / RESULTS_FILE
-    if not path.exists():
-        raise EvalError(f"{path} does not exist: run `python -m revena_lib.evaluate` (or notebooks/05_evaluate.ipynb)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise EvalError(f"{path} is not valid JSON ({e}); rerun `python -m revena_lib.evaluate`") from e
 
 
 def load_results(results_dir=None) -> dict:

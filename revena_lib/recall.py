@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from revena_lib.tokenizer import EOT_ID, get_tokenizer  # EOT_ID: GPT-2's, for hand-made items
+from revena_lib.tokenizer import get_tokenizer
 
 PASSKEY_QUESTION = " The pass key is"
 PASSKEY_TAIL = ". Remember it."
@@ -45,7 +45,7 @@ class RecallItem:
 
         enc = get_tokenizer(); context = enc.encode(" The code is 4417. Some text. The code is")
         answer = enc.encode(" 4417")
-        RecallItem(tokens=[EOT_ID] + context + answer, answer_start=1 + len(context),
+        RecallItem(tokens=[enc.eot_token] + context + answer, answer_start=1 + len(context),
                    answer_len=len(answer), distance=3, kind="passkey")
     """
 

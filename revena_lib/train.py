@@ -12,7 +12,6 @@ same as in a single process; only rank 0 writes files.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import math

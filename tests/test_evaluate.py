@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
+
 import pytest
 import torch
 

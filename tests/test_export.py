@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -68,7 +67,6 @@ def test_push_without_a_network_fails_at_once_in_one_line(trained_runs, tmp_path
     home, runs = trained_runs
     environment = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
     environment.update(env, REVENA_HOME=str(home))
-    start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "revena_lib.export", str(runs["baseline"]), "--out",
                              str(tmp_path / "e"), "--push", "someone/revena-test"], capture_output=True, text=True,
                             env=environment, timeout=120)
