@@ -622,37 +622,55 @@ def train_arms(preset: str | Preset, arms, seeds=(), steps: int | None = None, p
                                         progress=progress, device=device) for arm, seed in jobs}
 
 
+def _steps_logged(out: Path) -> int:
+    """The last step a run has written to metrics.jsonl (0 if none yet): for a progress bar across processes."""
+    try:
+        lines = (out / ckpt.METRICS_FILE).read_text().splitlines()
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError, IndexError):
+        return 0
+
+
 def _train_in_processes(preset: str, jobs, steps, parallel: int, progress: bool) -> dict[str, Path]:
+    """Run the (arm, seed) jobs as ``parallel`` one-thread training processes, with one progress bar over all
+    their steps; a failure (or Ctrl-C) stops the others, whose checkpoints let a rerun resume."""
     import subprocess
 
+    from tqdm.auto import tqdm
+
     env = {**os.environ, "REVENA_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    total_steps = (steps or get_preset(preset).train.steps) * len(jobs)
     pending, running, done = list(jobs), {}, {}
-    started = time.perf_counter()
-    while pending or running:
-        while pending and len(running) < parallel:
-            arm, seed = pending.pop(0)
-            cmd = [sys.executable, "-m", "revena_lib.train", "--preset", preset, "--arm", arm, "--seed", str(seed),
-                   "--resume", "--no-progress"] + (["--steps", str(steps)] if steps else [])
-            out = run_dir(arm, seed, preset=preset)
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "train.log", "a")   # the run's console output, beside its metrics
-            running[(arm, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-        time.sleep(1.0)
-        for key, (proc, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
+    bar = tqdm(total=total_steps, disable=not progress, unit="step", desc=f"{len(jobs)} runs, {parallel} at a time")
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                arm, seed = pending.pop(0)
+                cmd = [sys.executable, "-m", "revena_lib.train", "--preset", preset, "--arm", arm, "--seed", str(seed),
+                       "--resume", "--no-progress"] + (["--steps", str(steps)] if steps else [])
+                out = run_dir(arm, seed, preset=preset)
+                out.mkdir(parents=True, exist_ok=True)
+                log = open(out / "train.log", "a")   # the run's console output, beside its metrics
+                running[(arm, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+            time.sleep(2.0)
+            for key, (proc, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[key]
+                if proc.returncode != 0:
+                    raise TrainError(f"training {key[0]} seed {key[1]} failed (exit {proc.returncode}); its output is "
+                                     f"in {log.name}; rerun to resume from the last checkpoint")
+                done[key] = run_dir(*key, preset=preset)
+                bar.write(f"revena: {key[0]} seed {key[1]} done ({len(done)}/{len(jobs)})")
+            logged = sum(_steps_logged(run_dir(*key, preset=preset)) for key in list(running) + list(done))
+            bar.update(max(0, logged - bar.n))
+    finally:
+        for proc, log in running.values():
+            proc.terminate()
             log.close()
-            del running[key]
-            if proc.returncode != 0:
-                for other, _ in running.values():
-                    other.terminate()
-                raise TrainError(f"training {key[0]} seed {key[1]} failed (exit {proc.returncode}); its output is in "
-                                 f"{log.name}; rerun to resume from the last checkpoint")
-            done[f"{key[0]} seed {key[1]}"] = run_dir(*key, preset=preset)
-            if progress:
-                print(f"revena: {key[0]} seed {key[1]} done ({len(done)}/{len(jobs)}, "
-                      f"{(time.perf_counter() - started) / 60:.1f} min)", flush=True)
-    return {f"{arm} seed {seed}": done[f"{arm} seed {seed}"] for arm, seed in jobs}
+        bar.close()
+    return {f"{arm} seed {seed}": done[(arm, seed)] for arm, seed in jobs}
 
 
 # -----------------------------------------------------------------------------
