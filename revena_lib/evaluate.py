@@ -272,6 +272,7 @@ def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> 
 
     seeds, nll, buckets, recall, counts, configs, first = [], [], [], [], [], [], None
     for run_dir in run_dirs:
+        torch.manual_seed(ecfg.recall_seed)   # the random-write arm draws its writes: the same draws every evaluation
         model, config = load_model(run_dir, device=device)
         if switches:
             model = ForwardWith(model, **switches)

@@ -11,7 +11,8 @@ full-sequence reference).
 Long-term memory (LTM, only when ``cfg.use_ltm``): one FIFO ring buffer of ``ltm_capacity`` entries per
 sequence, owned by attention layer ``cfg.memory_layer_index``. After the whole model has run on a chunk, the
 chunk's tokens whose surprisal (-log2 p of the observed token under the model's own previous-position
-prediction) is strictly above ``ltm_write_threshold_bits`` are written (detached): that layer's key (before
+prediction) is strictly above ``ltm_write_threshold_bits`` are written (detached, except under the relaxed
+training read, ``ltm_soft_width``, where keys keep their gradient within the sequence): that layer's key (before
 RoPE, unit-normalised) and value per head, and the token's position (its token id and surprisal follow from it). In later chunks, each query
 of that layer (before RoPE) is compared by cosine with the stored keys, per head; entries with cosine strictly
 above ``ltm_similarity_threshold`` are hits, their values are averaged with softmax(cosine / temperature)
@@ -83,7 +84,6 @@ def memory_rates(counts: dict) -> dict[str, float]:
     return {"routed_token_ratio": get("routed_tokens") / max(get("predicted_tokens"), 1.0),
             "avg_surprisal_routed": get("routed_surprisal_bits") / get("routed_tokens") if get("routed_tokens") else 0.0,
             "ltm_hit_rate": get("hit_tokens") / max(get("tokens"), 1.0)}
-
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
