@@ -39,6 +39,11 @@ ARMS: dict[str, Arm] = {
                             colour="#ff7f0e"),
     "full_attention": Arm("transformer", "ceiling: no memory, the window widened to the training length",
                           {"window": "seq_len"}, label="full attention", colour="#2ca02c"),
+    "reservoir": Arm("reservoir", "Reservoir-Augmented Transformer: every FFN replaced by a fixed echo-state "
+                     "reservoir (2 x n_embd units) and a trainable linear readout; same attention",
+                     label="reservoir (RAT)", colour="#9467bd"),
+    "reservoir_ffn": Arm("reservoir", "the same reservoir and readout beside each block's FFN instead of replacing it",
+                         {"reservoir_keep_ffn": True}, label="reservoir + FFN", colour="#8c564b"),
 }
 
 BASELINE = "baseline"                    # every other arm is compared with this one
@@ -47,6 +52,8 @@ DEFAULT_ARMS = ("baseline", "with_ltm")  # the brief's pair: always run
 # Evaluation-time ablations: a trained arm scored again with different forward() switches (same weights).
 READ_ABLATIONS = {
     "with_ltm_reads_off": ("with_ltm", {"memory_read": False}, "the trained with_ltm model scored with memory reads off"),
+    "reservoir_memory_off": ("reservoir", {"memory_read": False}, "the trained reservoir model scored with its "
+                             "recurrence cut (every state starts from zero: no memory of earlier tokens)"),
 }
 
 

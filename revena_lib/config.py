@@ -49,6 +49,18 @@ class ModelConfig:
     ltm_score_temperature: float = 0.1      # softmax over hit cosines uses cosine / temperature
     ltm_soft_width: float = 0.05            # training only: the cut relaxed to sigmoid((cos - cut) / width), so the
                                             # memory gets gradient before any pair passes the hard cut (0 = hard)
+    # Echo-state reservoir (family "reservoir", revena_lib/models/reservoir.py): reservoirpy's names and meanings.
+    # W and W_in are fixed buffers drawn by reservoirpy from reservoir_seed + layer index; only the readout trains.
+    reservoir_units: int = 0        # reservoir size N per block; 0 = 2 * n_embd, where the reservoir's dense
+                                    # multiply-adds per token (W_in, W, readout) equal the FFN's 8 * n_embd^2
+    reservoir_lr: float = 0.5       # leak rate: x_t = (1 - lr) x_{t-1} + lr tanh(W_in u_t + W x_{t-1} + b)
+    reservoir_sr: float = 0.9       # spectral radius of W (below 1: the echo-state property's usual side)
+    reservoir_input_scaling: float = 0.25   # W_in entries are +-input_scaling (reservoirpy's bernoulli)
+    reservoir_rc_connectivity: float = 0.1  # share of nonzero entries of W
+    reservoir_input_connectivity: float = 0.1   # share of nonzero entries of W_in
+    reservoir_bias_scaling: float = 0.0     # b entries are +-this (0 = no bias, reservoirpy's default)
+    reservoir_seed: int = 42        # layer i's matrices come from seed + i (fixed across training seeds)
+    reservoir_keep_ffn: bool = False        # False: the FFN is replaced (the seed's design); True: reservoir beside it
 
     @property
     def memory_layer_index(self) -> int:
@@ -68,6 +80,16 @@ class ModelConfig:
         if self.ltm_capacity < 1 or self.ltm_score_temperature <= 0:
             raise ValueError(f"ModelConfig: ltm_capacity={self.ltm_capacity} must be >= 1 and "
                              f"ltm_score_temperature={self.ltm_score_temperature} > 0")
+        if not (0.0 < self.reservoir_lr <= 1.0 and self.reservoir_units >= 0 and self.reservoir_sr >= 0
+                and 0.0 < self.reservoir_rc_connectivity <= 1.0 and 0.0 < self.reservoir_input_connectivity <= 1.0):
+            raise ValueError(f"ModelConfig: reservoir_lr={self.reservoir_lr} must be in (0, 1], reservoir_units="
+                             f"{self.reservoir_units} >= 0 (0 = 2 * n_embd), reservoir_sr={self.reservoir_sr} >= 0 and "
+                             f"both connectivities (rc {self.reservoir_rc_connectivity}, input "
+                             f"{self.reservoir_input_connectivity}) in (0, 1]")
+
+    @property
+    def reservoir_size(self) -> int:
+        return self.reservoir_units or 2 * self.n_embd
 
 
 @dataclass

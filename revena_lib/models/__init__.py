@@ -11,11 +11,13 @@ what the optimizer trains. Arms (``revena_lib/arms.py``) pick a family and confi
 from __future__ import annotations
 
 from revena_lib.config import ModelConfig
+from revena_lib.models.reservoir import ReservoirLM
 from revena_lib.models.transformer import ModelOutput, RevenaLM
 
 # family name (ModelConfig.family, stored in every run's config.json) -> model class
 FAMILIES = {
     "transformer": RevenaLM,
+    "reservoir": ReservoirLM,      # the Reservoir-Augmented Transformer (seed 000)
 }
 
 
@@ -26,4 +28,4 @@ def build_model(cfg: ModelConfig):
     return FAMILIES[cfg.family](cfg)
 
 
-__all__ = ["FAMILIES", "ModelOutput", "RevenaLM", "build_model"]
+__all__ = ["FAMILIES", "ModelOutput", "ReservoirLM", "RevenaLM", "build_model"]
