@@ -153,3 +153,22 @@ def test_the_reservoir_arm_trains_and_evaluates_through_the_common_pipeline(smok
     results = evaluate("smoke", arms="reservoir", device="cpu", progress=False)
     assert results["reservoir"]["family"] == "reservoir" and np.isfinite(results["reservoir"]["bpc"])
     assert results["reservoir_memory_off"]["bpc"] != results["reservoir"]["bpc"]   # the ablation was scored
+
+
+def test_analysis_echo_state_memory_capacity_and_spectra():
+    from revena_lib import reservoir_analysis as ra
+
+    cfg = smoke_cfg(reservoir_units=40)
+    reservoir = EchoReservoir(cfg, layer=0)
+    inputs = np.random.default_rng(0).normal(size=(300, cfg.n_embd))
+    d = ra.echo_state_distances(reservoir, inputs, pairs=2)
+    assert d.shape == (2, 301) and (d[:, -1] < 1e-6 * d[:, 0]).all()          # sr 0.9: the starts are forgotten
+    bigger = ra.echo_state_distances(EchoReservoir(smoke_cfg(reservoir_units=40, reservoir_sr=3.0), 0), inputs * 0.01)
+    assert bigger[:, -1].min() > 1e-3                                        # sr 3, weak input: no echo-state property
+    mc = ra.memory_capacity(reservoir, max_delay=30, length=2000)
+    assert 1.0 < mc["mc"] <= 40 and mc["mc_k"][0] > mc["mc_k"][-1]
+    t = np.arange(512)
+    freqs, power = ra.power_spectra(np.stack([np.sin(2 * np.pi * 0.125 * t), np.cos(2 * np.pi * 0.25 * t)], 1))
+    assert np.allclose(ra.dominant_frequencies(freqs, power), [0.125, 0.25])
+    mu = ra.eigenvalues(reservoir)["leaky"]
+    assert np.abs(mu).max() <= (1 - cfg.reservoir_lr) + cfg.reservoir_lr * 0.9 + 1e-9
