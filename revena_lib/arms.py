@@ -44,6 +44,9 @@ ARMS: dict[str, Arm] = {
                      label="reservoir (RAT)", colour="#9467bd"),
     "reservoir_ffn": Arm("reservoir", "the same reservoir and readout beside each block's FFN instead of replacing it",
                          {"reservoir_keep_ffn": True}, label="reservoir + FFN", colour="#8c564b"),
+    "reservoir_slow": Arm("reservoir", "the reservoir arm with slow dynamics (leak 0.1, spectral radius 0.99: linear "
+                          "modes decaying over ~1,000 tokens instead of ~14), to reach beyond the window",
+                          {"reservoir_lr": 0.1, "reservoir_sr": 0.99}, label="reservoir, slow", colour="#e377c2"),
 }
 
 BASELINE = "baseline"                    # every other arm is compared with this one
