@@ -4,6 +4,14 @@ Every family's model is built from a ``ModelConfig`` (its ``family`` field names
 ``model(idx, targets=None, introspect=False, memory_read=True) -> ModelOutput``; ``num_parameters()`` counts
 what the optimizer trains. Arms (``revena_lib/arms.py``) pick a family and config overrides.
 
+State (sessions, ``revena_lib/session.py``): every family also offers
+``state = model.new_state(batch_size, device)``, an empty state at stream position 0, and
+``out = model(idx, state=state)``, which runs ``idx`` as the continuation of that stream and returns the state after
+it in ``out.state`` (a new object: the state passed in is never changed, so a caller can keep it and retry).
+A continuation must start at a chunk boundary (``state.position % cfg.chunk_size == 0``; the session keeps the
+partial last chunk pending). ``model(idx)`` without a state is the same as starting from ``new_state``.
+Each state has ``position`` (tokens seen) and ``summary() -> dict`` (what it holds now, for display).
+
     from revena_lib.models import build_model
     model = build_model(get_preset("smoke").model)     # ModelConfig.family = "transformer" -> RevenaLM
 """

@@ -64,6 +64,7 @@ class ModelOutput:
     surprisal_bits: torch.Tensor              # (B, T) detached float32; 0.0 at position 0
     stats: dict[str, float] = field(default_factory=dict)   # memory_counts(...) sums; {} without a memory
     trace: MemoryTrace | None = None
+    state: object | None = None               # the family's state after idx, when called with state= (sessions)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
