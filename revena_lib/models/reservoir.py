@@ -36,6 +36,25 @@ HEAD_CHUNK = 256   # tokens per log_softmax in the output layer: bounds its temp
 
 
 @dataclass
+class ReservoirState:
+    """A stream's state between calls (sessions): attention K/V caches and every block's reservoir state.
+
+    Valid at chunk boundaries (``position`` a multiple of ``chunk_size``, for the attention caches); detached; a
+    forward call with this state returns a new one and leaves this one as it was.
+    """
+    position: int                                        # tokens seen so far
+    caches: list                                         # per layer (k after RoPE, v), each (B, H, P*c, D)
+    reservoir: list                                      # per layer (B, N) float32: x_t after the last token
+    last_log_probs: torch.Tensor | None = None           # (B, V) fp32 prediction for the next token
+
+    def summary(self) -> dict:
+        """What is held now (batch row 0): tokens seen, tokens in the STM cache, each reservoir state's norm."""
+        cached = min(self.position, self.caches[0][0].shape[2]) if self.caches else 0
+        return {"tokens_seen": self.position, "stm_cached_tokens": cached,
+                "reservoir_state_norm": [round(float(r[0].norm()), 4) for r in self.reservoir]}
+
+
+@dataclass
 class ReservoirTrace:
     """What the reservoirs did on one forward call (CPU tensors); only built when ``introspect=True``."""
     states: list[torch.Tensor]      # per layer (B, T, N) reservoir states x_t
@@ -150,9 +169,14 @@ class CognitiveReadout(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.memory = True          # set per forward call by ReservoirLM (memory_read)
         self.record = None          # a list while introspecting: (u, states, readout) are appended
+        self.s0 = None              # set per forward call by ReservoirLM: the state before u (B, N), None = zeros
+        self.final_at = None        # ... and where to read the state after the call's last real token
+        self.final = None           # that state (B, N), read back by ReservoirLM
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        states = self.reservoir(u, memory=self.memory)                  # (B, T, N) float32
+        states = self.reservoir(u, s0=self.s0, memory=self.memory)      # (B, T, N) float32
+        if self.final_at is not None:
+            self.final = states[:, self.final_at].detach()
         out = self.dropout(self.readout(states.to(u.dtype)))            # (B, T, C)
         if self.record is not None:
             self.record.append((u.detach().float().cpu(), states.detach().cpu(), out.detach().float().cpu()))
@@ -226,8 +250,17 @@ class ReservoirLM(nn.Module):
         """Fixed reservoir numbers (W, W_in, b of every block), stored as dense buffers."""
         return sum(b.numel() for b in self.buffers())
 
-    def forward(self, idx, targets=None, introspect=False, memory_read=True) -> ModelOutput:
-        """memory_read=False cuts every reservoir's recurrence (states without a past): an evaluation ablation."""
+    def new_state(self, batch_size: int = 1, device="cpu") -> ReservoirState:
+        """An empty stream (position 0): zero K/V caches and zero reservoir states."""
+        cfg = self.cfg
+        H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
+        caches = [(torch.zeros(batch_size, H, keep, D, device=device),) * 2 for _ in self.blocks]
+        return ReservoirState(0, caches, [torch.zeros(batch_size, cfg.reservoir_size, device=device)
+                                          for _ in self.blocks])
+
+    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
+        """memory_read=False cuts every reservoir's recurrence (states without a past): an evaluation ablation.
+        ``state``: continue a stream (see ``revena_lib/models/__init__.py``); the result's ``state`` is the next one."""
         cfg = self.cfg
         if idx.dim() != 2 or idx.shape[1] < 1:
             raise ModelError(f"ReservoirLM.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
@@ -237,28 +270,45 @@ class ReservoirLM(nn.Module):
         c, p = cfg.chunk_size, cache_chunks(cfg)
         n_chunks = -(-T // c)
         Tp = n_chunks * c
-        cos, sin = rope_tables(torch.arange(Tp, device=idx.device), cfg.n_embd // cfg.n_head, cfg.rope_base)
+        offset = 0 if state is None else state.position
+        if offset % c or (state is not None and state.reservoir[0].shape[0] != B):
+            raise ModelError(f"ReservoirLM.forward: a state continues at a chunk boundary with its own batch size; "
+                             f"got position {offset} (chunk_size {c}) and batch {B}: keep the partial chunk pending "
+                             "(revena_lib.session does) or start from model.new_state(batch_size)")
+        cos, sin = rope_tables(torch.arange(offset, offset + Tp, device=idx.device), cfg.n_embd // cfg.n_head,
+                               cfg.rope_base)
         if torch.is_autocast_enabled(idx.device.type):
             cos, sin = (t.to(torch.get_autocast_dtype(idx.device.type)) for t in (cos, sin))
-        masks = chunk_masks(n_chunks, cfg, idx.device)                            # (N, c, (P+1)c)
+        masks = chunk_masks(n_chunks, cfg, idx.device, offset // c)               # (N, c, (P+1)c)
 
         records = [] if introspect else None
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             block.mlp.memory, block.mlp.record = memory_read, records
+            block.mlp.s0 = state.reservoir[i] if state is not None and memory_read else None
+            block.mlp.final_at = T - 1 if state is not None else None
         # No chunk loop needed: nothing here depends on a later chunk's output, so every block runs over the
         # whole (padded) sequence; the reservoir runs left to right through it, padding only after the last token.
         x = F.pad(self.drop(self.wte(idx)), (0, 0, 0, Tp - T))                   # (B, Tp, C)
+        caches, finals = [], []
         try:
-            for block in self.blocks:
-                x = block.forward_all(x, cos, sin, masks, c, p)
+            for i, block in enumerate(self.blocks):
+                x, cache = block.forward_all(x, cos, sin, masks, c, p, None if state is None else state.caches[i])
+                caches.append(tuple(t.detach() for t in cache))
+                finals.append(block.mlp.final)
         finally:
             for block in self.blocks:
-                block.mlp.record = None
+                block.mlp.record = block.mlp.s0 = block.mlp.final_at = block.mlp.final = None
         h = self.ln_f(x[:, :T])                                                   # (B, T, C)
         logits, loss, surprisal = lm_head(h, self.wte.weight, idx, targets)
+        new_state = None
+        if state is not None:
+            if state.last_log_probs is not None:   # the first token was predicted by the previous call
+                surprisal[:, 0] = -state.last_log_probs.gather(-1, idx[:, :1])[:, 0] / LN2
+            last = F.log_softmax(logits[:, -1].float(), dim=-1).detach()          # (B, V)
+            new_state = ReservoirState(offset + T, caches, finals, last)
         trace = None
         if introspect:
             u, states, out = zip(*records)
             trace = ReservoirTrace(states=[s[:, :T] for s in states], inputs=[a[:, :T] for a in u],
                                    readouts=[o[:, :T] for o in out])
-        return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats={}, trace=trace)
+        return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats={}, trace=trace, state=new_state)

@@ -67,6 +67,28 @@ class ModelOutput:
     state: object | None = None               # the family's state after idx, when called with state= (sessions)
 
 
+@dataclass
+class TransformerState:
+    """A stream's state between calls (sessions): what the next chunk needs from everything before it.
+
+    Valid at chunk boundaries: ``position`` is a multiple of ``chunk_size``. Tensors are detached; a forward call
+    with this state returns a new one and leaves this one as it was.
+    """
+    position: int                                        # tokens seen so far
+    caches: list                                         # per layer (k after RoPE, v), each (B, H, P*c, D)
+    last_log_probs: torch.Tensor | None = None           # (B, V) fp32 prediction for the next token (its surprisal)
+    memory: "LongTermMemory | None" = None               # the LTM's entries (with_ltm arms)
+
+    def summary(self) -> dict:
+        """What is held now (batch row 0): tokens seen, tokens in the STM cache, LTM entries."""
+        cached = min(self.position, self.caches[0][0].shape[2]) if self.caches else 0
+        out = {"tokens_seen": self.position, "stm_cached_tokens": cached}
+        if self.memory is not None:
+            out["ltm_entries"] = int(self.memory.occupancy()[0])
+            out["ltm_capacity"] = self.memory.capacity
+        return out
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 MEMORY_COUNT_KEYS = ("tokens", "predicted_tokens", "routed_tokens", "routed_surprisal_bits", "hit_tokens")
@@ -106,15 +128,17 @@ def cache_chunks(cfg: ModelConfig) -> int:
     return max(0, math.ceil((cfg.window - 1) / cfg.chunk_size))
 
 
-def chunk_masks(n_chunks: int, cfg: ModelConfig, device) -> torch.Tensor:
+def chunk_masks(n_chunks: int, cfg: ModelConfig, device, first_chunk: int = 0) -> torch.Tensor:
     """Boolean (n_chunks, chunk, (P+1)*chunk) masks: True = query i of chunk n may attend key j.
 
-    Keys are [P cached chunks, the chunk itself]; key j of chunk n sits at position (n-P)*chunk + j.
+    Keys are [P cached chunks, the chunk itself]; key j of chunk n sits at position (n-P)*chunk + j. Chunks are
+    numbered from ``first_chunk`` (a stream continued from a state starts there).
     Allowed: causal (key <= query), inside the window (query - key < window), and a real position (>= 0).
     """
     c, p = cfg.chunk_size, cache_chunks(cfg)
-    q_pos = torch.arange(n_chunks, device=device)[:, None, None] * c + torch.arange(c, device=device)[None, :, None]
-    k_pos = (torch.arange(n_chunks, device=device)[:, None, None] - p) * c + torch.arange((p + 1) * c, device=device)[None, None, :]
+    chunks = torch.arange(first_chunk, first_chunk + n_chunks, device=device)[:, None, None]
+    q_pos = chunks * c + torch.arange(c, device=device)[None, :, None]
+    k_pos = (chunks - p) * c + torch.arange((p + 1) * c, device=device)[None, None, :]
     return (k_pos <= q_pos) & (q_pos - k_pos < cfg.window) & (k_pos >= 0)   # (N, c, (P+1)c)
 
 
@@ -200,26 +224,33 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def stm_all(self, x, cos, sin, masks, chunk: int, p: int):
+    def stm_all(self, x, cos, sin, masks, chunk: int, p: int, cache=None):
         """STM attention for all chunks of a padded sequence. x (B, N*c, C) -> head outputs (B, H, N*c, D),
-        plus q, k, v before RoPE (the memory layer needs them)."""
+        q, k, v before RoPE (the memory layer needs them), and the new cache: (k after RoPE, v) of the last P
+        chunks. ``cache`` (k, v) (B, H, P*c, D) holds the P chunks before x (a continued stream); None = zeros."""
         q, k, v = self.attn.project(self.ln_1(x))                       # (B, H, Tp, D)
         qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         B, H, Tp, D = q.shape
         n = Tp // chunk
         qc = qr.reshape(B * H, n, chunk, D)
-        # keys of chunk i: chunks i-P .. i (zeros before the sequence start; the mask hides them)
-        kp = F.pad(kr.reshape(B * H, n, chunk, D), (0, 0, 0, 0, p, 0))  # (BH, P+N, c, D)
-        vp = F.pad(v.reshape(B * H, n, chunk, D), (0, 0, 0, 0, p, 0))
+        if cache is None:   # zeros before the sequence start; the mask hides them
+            cache = (kr.new_zeros(B, H, p * chunk, D), v.new_zeros(B, H, p * chunk, D))
+        k_all = torch.cat([cache[0].to(kr.dtype), kr], dim=2)           # (B, H, P*c + Tp, D)
+        v_all = torch.cat([cache[1].to(v.dtype), v], dim=2)
+        # keys of chunk i: chunks i-P .. i
+        kp, vp = k_all.reshape(B * H, p + n, chunk, D), v_all.reshape(B * H, p + n, chunk, D)
         keys = torch.cat([kp[:, i:i + n] for i in range(p + 1)], dim=2)   # (BH, N, (P+1)c, D)
         vals = torch.cat([vp[:, i:i + n] for i in range(p + 1)], dim=2)
         y = self.attn.attend(qc, keys, vals, masks)                     # (BH, N, c, D)
-        return y.reshape(B, H, Tp, D), q, k, v
+        keep = p * chunk
+        new_cache = (k_all[:, :, k_all.shape[2] - keep:], v_all[:, :, v_all.shape[2] - keep:])
+        return y.reshape(B, H, Tp, D), q, k, v, new_cache
 
-    def forward_all(self, x, cos, sin, masks, chunk: int, p: int):
-        y, _, _, _ = self.stm_all(x, cos, sin, masks, chunk, p)
+    def forward_all(self, x, cos, sin, masks, chunk: int, p: int, cache=None):
+        """The whole block over all chunks; returns (x, new cache) (see ``stm_all``)."""
+        y, _, _, _, new_cache = self.stm_all(x, cos, sin, masks, chunk, p, cache)
         x = x + self.attn.merge(y)
-        return x + self.mlp(self.ln_2(x))
+        return x + self.mlp(self.ln_2(x)), new_cache
 
     def forward_chunk(self, x, cos, sin, mask, cache):
         """One chunk x (B, L, C) at its positions (cos/sin (L, D)); cache = (k, v) of the previous P*chunk
@@ -256,6 +287,20 @@ class LongTermMemory:
 
     def occupancy(self) -> torch.Tensor:
         return self.written.clamp(max=self.capacity)                                      # (B,)
+
+    def copy(self, detach: bool = False) -> "LongTermMemory":
+        """A new memory over the same tensors (writes are out of place, so the two never affect each other)."""
+        new = LongTermMemory.__new__(LongTermMemory)
+        new.capacity, new.head_dim = self.capacity, self.head_dim
+        new.kv = self.kv.detach() if detach else self.kv
+        new.positions, new.written = self.positions, self.written
+        return new
+
+    def entries(self, row: int = 0) -> list[int]:
+        """Positions held by batch row ``row``, oldest first (for display)."""
+        n, s = int(self.written[row]), self.capacity
+        slots = [(n - k) % s for k in range(min(n, s), 0, -1)]
+        return [int(self.positions[row, i]) for i in slots]
 
     def write(self, routed: torch.Tensor, kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Append the routed tokens of one chunk in order, evicting the oldest first. Returns evictions (B,).
@@ -369,7 +414,15 @@ class RevenaLM(nn.Module):
         """Unique parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, introspect=False, memory_read=True) -> ModelOutput:
+    def new_state(self, batch_size: int = 1, device="cpu") -> TransformerState:
+        """An empty stream (position 0): zero K/V caches in every layer and, with the LTM, an empty memory."""
+        cfg = self.cfg
+        H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
+        caches = [(torch.zeros(batch_size, H, keep, D, device=device),) * 2 for _ in self.blocks]
+        memory = LongTermMemory(batch_size, H, D, cfg.ltm_capacity, device) if cfg.use_ltm else None
+        return TransformerState(0, caches, None, memory)
+
+    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
         cfg = self.cfg
         if idx.dim() != 2 or idx.shape[1] < 1:
             raise ModelError(f"RevenaLM.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
@@ -383,32 +436,41 @@ class RevenaLM(nn.Module):
         H, D = cfg.n_head, cfg.n_embd // cfg.n_head
         L = cfg.memory_layer_index
         use_ltm = cfg.use_ltm
+        offset = 0 if state is None else state.position                            # stream position of idx[:, 0]
+        if offset % c or (state is not None and state.caches[0][0].shape[0] != B):
+            raise ModelError(f"RevenaLM.forward: a state continues at a chunk boundary with its own batch size; got "
+                             f"position {offset} (chunk_size {c}) and batch {B}: keep the partial chunk pending "
+                             "(revena_lib.session does) or start from model.new_state(batch_size)")
+        caches_in = state.caches if state is not None else [None] * cfg.n_layer
 
-        cos, sin = rope_tables(torch.arange(Tp, device=device), D, cfg.rope_base)   # (Tp, D)
+        cos, sin = rope_tables(torch.arange(offset, offset + Tp, device=device), D, cfg.rope_base)   # (Tp, D)
         if torch.is_autocast_enabled(device.type):   # q and k come out of the linear layers in this dtype
             cos, sin = (t.to(torch.get_autocast_dtype(device.type)) for t in (cos, sin))
-        masks = chunk_masks(n_chunks, cfg, device)                                   # (N, c, (P+1)c)
+        masks = chunk_masks(n_chunks, cfg, device, offset // c)                      # (N, c, (P+1)c)
 
         # Layers below the memory layer (and the memory layer's STM attention) never depend on the memory,
         # so they run on all chunks at once; the same chunk masks make this identical to a chunk loop.
         x = self.drop(self.wte(idx))                                                 # (B, T, C)
         x = F.pad(x, (0, 0, 0, Tp - T))                                              # (B, Tp, C)
-        for block in self.blocks[:L]:
-            x = block.forward_all(x, cos, sin, masks, c, p)
+        caches_out = []
+        for block, cache in zip(self.blocks[:L], caches_in):
+            x, new_cache = block.forward_all(x, cos, sin, masks, c, p, cache)
+            caches_out.append(new_cache)
         mem_block = self.blocks[L]
-        y_stm, q_raw, k_raw, v_raw = mem_block.stm_all(x, cos, sin, masks, c, p)    # (B, H, Tp, D) each
+        y_stm, q_raw, k_raw, v_raw, new_cache = mem_block.stm_all(x, cos, sin, masks, c, p, caches_in[L])  # (B, H, Tp, D)
+        caches_out.append(new_cache)
 
         memory = None
         soft = self.training and cfg.ltm_soft_width > 0 and not introspect   # the relaxed read trains; eval is hard
         if use_ltm:
-            memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device)
+            memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device) if state is None else state.memory.copy()
             with torch.autocast(device_type=device.type, enabled=False):
                 unit_q = F.normalize(q_raw.float(), dim=-1)                          # (B, H, Tp, D)
                 kv = torch.cat([F.normalize(k_raw.float(), dim=-1), v_raw.float()], dim=-1)   # (B, H, Tp, 2D)
                 if not soft:   # the brief's memory is not differentiable; the soft training read keeps keys' gradient
                     kv = kv.detach()
             gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
-            positions = torch.arange(T, device=device).expand(B, T)
+            positions = torch.arange(offset, offset + T, device=device).expand(B, T)
             routed_all = torch.zeros(B, T, dtype=torch.bool, device=device)
             hit_all = torch.zeros(B, T, dtype=torch.bool, device=device)
             if introspect:
@@ -419,8 +481,11 @@ class RevenaLM(nn.Module):
                 evictions = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
 
         upper = self.blocks[L + 1:]
-        caches = [(torch.zeros(B, H, p * c, D, device=device, dtype=v_raw.dtype),) * 2 for _ in upper]
-        surprisal = torch.zeros(B, T, device=device)        # bits; position 0 stays 0.0
+        caches = [(torch.zeros(B, H, p * c, D, device=device, dtype=v_raw.dtype),) * 2 if cache is None
+                  else tuple(t.to(v_raw.dtype) for t in cache) for cache in caches_in[L + 1:]]
+        surprisal = torch.zeros(B, T, device=device)        # bits; the stream's position 0 stays 0.0
+        if state is not None and state.last_log_probs is not None:   # the first token was predicted last call
+            surprisal[:, 0] = -state.last_log_probs.gather(-1, idx[:, :1])[:, 0] / LN2
         logits = None
         nll_sum = torch.zeros((), device=device)
         n_targets = torch.zeros((), device=device)
@@ -463,14 +528,21 @@ class RevenaLM(nn.Module):
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
         loss = nll_sum / n_targets if targets is not None else None
+        new_state = None
+        if state is not None:   # logits_c is the last chunk's: its last real row predicts the next call's first token
+            last = F.log_softmax(logits_c[:, T - 1 - (n_chunks - 1) * c].float(), dim=-1).detach()   # (B, V)
+            new_state = TransformerState(offset + T, [tuple(t.detach() for t in cc) for cc in caches_out + caches],
+                                         last, memory.copy(detach=True) if use_ltm else None)
         stats = {}
         trace = None
         if use_ltm:
             routed_surprisal = torch.where(routed_all, surprisal, torch.zeros_like(surprisal)).sum()
             counts = torch.stack([routed_all.sum().float(), routed_surprisal, hit_all.sum().float()]).tolist()  # one sync
-            stats = memory_counts(B * T, B * (T - 1), *counts)
-            if introspect:   # an entry's token id is the token at its position
-                top_tok = torch.where(top_pos >= 0, idx.gather(1, top_pos.clamp(min=0).flatten(1)).view_as(top_pos), -1)
+            stats = memory_counts(B * T, B * (T - 1 if offset == 0 else T), *counts)
+            if introspect:   # an entry's token id is the token at its position (-1: from an earlier call)
+                rel = top_pos - offset
+                top_tok = torch.where(rel >= 0, idx.gather(1, rel.clamp(min=0).flatten(1)).view_as(top_pos), -1)
                 trace = MemoryTrace(surprisal.cpu(), routed_all.cpu(), hit_count.cpu(), top_pos.cpu(),
                                     top_tok.cpu(), top_cos.cpu(), occupancy.cpu(), evictions.cpu())
-        return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats=stats, trace=trace)
+        return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats=stats, trace=trace,
+                           state=new_state)
