@@ -219,6 +219,15 @@ def get_tokenizer(name_or_dir=None):
                        path.stat().st_mtime if path.exists() else 0.0)
 
 
+def run_tokenizer(config: dict):
+    """The tokenizer a trained run was trained with (its config.json's ``tokenizer``): GPT-2, or the custom BPE in
+    the prepared data directory, checked against the run's recorded hash."""
+    info = config.get("tokenizer") or {"name": "gpt2"}
+    if info["name"] == "gpt2":
+        return gpt2_tokenizer()
+    return load_bpe(default_data_dir() / info.get("file", TOKENIZER_FILE), info["name"], info.get("sha256"))
+
+
 def tokenizer_info(meta: dict) -> dict:
     """{"name", "vocab_size", "eot_id", "sha256"?, "file"?} from a meta.json (old files: gpt2)."""
     info = meta.get("tokenizer", "gpt2")
