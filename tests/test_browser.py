@@ -238,3 +238,66 @@ def test_probe_notebook_in_jupyterlab(lab, page):
         f"{NOTEBOOK} was modified on disk by the browser session"
     assert not (notebook_file.parent / ".ipynb_checkpoints").exists() or checkpoints_before, \
         "the browser session left notebooks/.ipynb_checkpoints/ in the checkout"
+
+
+SESSIONS_NOTEBOOK = "notebooks/08_sessions.ipynb"
+
+
+def _summary_value(summary, key: str) -> int:
+    match = re.search(rf"{key}\s+(\d+)", summary.inner_text())
+    assert match, f"the state summary does not show {key}: {summary.inner_text()!r}"
+    return int(match.group(1))
+
+
+def _wait_summary(page, summary, key: str, accept, what: str, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = _summary_value(summary, key)
+        if accept(value):
+            return value
+        page.wait_for_timeout(200)
+    status = page.locator(".revena-chat-status").first.inner_text()
+    raise AssertionError(f"{SESSIONS_NOTEBOOK}: after {what}, {key} is {_summary_value(summary, key)} "
+                         f"(status line: {status!r})")
+
+
+def test_sessions_notebook_chat_in_jupyterlab(lab, page):
+    """Type a fact, feed filler, ask: the state summary grows (tokens, LTM entries); Reset clears it."""
+    try:
+        page.goto(lab.notebook_url(SESSIONS_NOTEBOOK), wait_until="domcontentloaded")
+        wait_notebook_ready(page)
+        report = run_all_cells(page, timeout_s=150.0)
+        failed = [c for c in report if c["errors"] or c["execution_count"] is None]
+        assert not failed, f"{SESSIONS_NOTEBOOK}: cells failed under Run All:\n{format_cell_report(report)}"
+        figures = rendered_plotly_figures(page)
+        assert figures and all(f["traces"] > 0 for f in figures), f"multi-turn plots did not render: {figures}"
+
+        summary = page.locator(".revena-chat-summary").first
+        summary.wait_for(state="visible", timeout=30_000)
+        assert _summary_value(summary, "tokens_seen") == 0
+        box = page.locator(".revena-chat-input textarea").first
+        box.fill("Fellow citizens. The pass key is 48213. Remember it.")
+        page.locator(".revena-chat-feed").first.click()
+        after_fact = _wait_summary(page, summary, "tokens_seen", lambda v: v > 0, "feeding the fact")
+        box.fill(" We have met in a time of great change, and the work before us is large. " * 3)
+        page.locator(".revena-chat-feed").first.click()
+        after_filler = _wait_summary(page, summary, "tokens_seen", lambda v: v > after_fact, "feeding filler")
+        box.fill(" The pass key is")
+        page.locator(".revena-chat-generate").first.click()
+        _wait_summary(page, summary, "tokens_seen", lambda v: v > after_filler + 4, "asking and generating")
+        assert _summary_value(summary, "ltm_entries") > 0, "the with_ltm session stored nothing"
+        assert "LTM entries" in page.locator(".revena-chat-ltm").first.inner_text()
+        _screenshot(page, "08_chat_after_question.png", scroll_to=summary)
+
+        page.locator(".revena-chat-reset").first.click()
+        _wait_summary(page, summary, "tokens_seen", lambda v: v == 0, "Reset")
+        assert _summary_value(summary, "ltm_entries") == 0
+        assert "no LTM entries" in page.locator(".revena-chat-ltm").first.inner_text()
+        _screenshot(page, "08_chat_after_reset.png", scroll_to=summary)
+    except BaseException:
+        try:
+            _screenshot(page, "08_failure.png")
+        except Exception:
+            pass
+        print("JupyterLab server log (tail):\n" + lab.log_tail())
+        raise

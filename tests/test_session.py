@@ -4,6 +4,7 @@ clears everything, sessions never share state, generation is incremental, and a 
 import dataclasses
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,35 @@ def test_a_trained_run_loads_in_one_line(smoke_home, tmp_path, monkeypatch):
     session.feed("Fellow citizens", start_document=True)
     assert session.feed(" of the Senate").summary["tokens_seen"] == len(session.history)
     assert session.history == run.tokenizer.encode(" of the Senate")   # no carry: each call starts fresh
+
+
+def test_multiturn_items_cut_a_recall_item_into_calls_and_carried_equals_one_call(smoke_data, enc):
+    from revena_lib.data import load_split
+    from revena_lib.multiturn import MultiTurnError, make_multiturn_items, score_item, score_multiturn, summarise
+    from revena_lib.recall import make_recall_items
+    from revena_lib.session import LoadedRun
+
+    val = load_split("val")
+    items = make_multiturn_items(val, turn_counts=(3, 5), filler_tokens_per_turn=20, items_per_count=2, seed=7)
+    assert [i.n_turns for i in items] == [3, 3, 5, 5]
+    flat = [r for r in make_recall_items(val, (20, 60), 2, 7) if r.kind == "passkey"]
+    for item, whole in zip(items, flat):
+        assert sum(item.turns, []) == whole.tokens                            # the calls are the item, cut
+        assert all(len(t) == 20 for t in item.turns[1:-1])
+        assert enc.decode(item.turns[-1][-item.answer_len:]) == whole.answer_text
+    model = model_for("with_ltm")
+    session = Session(model, enc)
+    carried = score_item(session, items[2], carried=True)
+    with torch.no_grad():   # carried across calls = the whole item in one call
+        logp = torch.log_softmax(model(torch.tensor([flat[2].tokens])).logits[0].double(), -1)
+    a, n = flat[2].answer_start, flat[2].answer_len
+    one_call = float(logp[a - 1:a - 1 + n].gather(-1, torch.tensor(flat[2].answer_tokens)[:, None]).mean()) / np.log(2)
+    assert carried["answer_log2p"] == pytest.approx(one_call, abs=1e-3)
+    reset = score_item(session, items[2], carried=False)
+    assert reset["answer_log2p"] != pytest.approx(carried["answer_log2p"], abs=1e-3)
+    assert reset["state_after"]["tokens_seen"] == len(items[2].turns[-1])   # only the last call survived
+    rows = score_multiturn({"with_ltm": [LoadedRun(model, enc, {"seed": 1}, None)]}, items)
+    summary = summarise(rows, samples=50)
+    assert {(r["turns"], r["mode"]) for r in summary} == {(3, "carried"), (3, "reset"), (5, "carried"), (5, "reset")}
+    with pytest.raises(MultiTurnError, match=">= 3"):
+        make_multiturn_items(val, turn_counts=(2,), filler_tokens_per_turn=20, items_per_count=1, seed=7)
