@@ -47,6 +47,22 @@ ARMS: dict[str, Arm] = {
     "reservoir_slow": Arm("reservoir", "the reservoir arm with slow dynamics (leak 0.1, spectral radius 0.99: linear "
                           "modes decaying over ~1,000 tokens instead of ~14), to reach beyond the window",
                           {"reservoir_lr": 0.1, "reservoir_sr": 0.99}, label="reservoir, slow", colour="#e377c2"),
+    # Tiny Recursive Models (seed 001). `recursive` matches the baseline's trainable parameters exactly: its core
+    # has the baseline's width and number of blocks (trm_hidden = trm_layers = 0), the same tied embedding and
+    # ln_f, and its init vectors are buffers; it spends ~2.9x the baseline's training FLOPs per token at cpu
+    # (H2/L2: 6 core passes per chunk, 3 with gradient). The other three are the seed's shapes, with their own sizes.
+    "recursive": Arm("recursive", "Tiny Recursive Model: a weight-shared core of the baseline's blocks refines two "
+                     "latents per 64-token chunk (H2/L2 cycles) and attends to the previous chunk's z_H, carried "
+                     "detached", label="TRM (matched)", colour="#17becf"),
+    "trm_256x2_h3l4": Arm("recursive", "the seed's memory TRM: core of 2 blocks at width 256, H3/L4 cycles",
+                          {"trm_hidden": 256, "trm_layers": 2, "trm_h_cycles": 3, "trm_l_cycles": 4},
+                          label="TRM 256x2 H3/L4", colour="#bcbd22"),
+    "trm_192x2_h2l3": Arm("recursive", "the seed's tool TRM: core of 2 blocks at width 192, H2/L3 cycles",
+                          {"trm_hidden": 192, "trm_layers": 2, "trm_h_cycles": 2, "trm_l_cycles": 3},
+                          label="TRM 192x2 H2/L3", colour="#aec7e8"),
+    "trm_256x3_h4l4": Arm("recursive", "the seed's reasoning TRM: core of 3 blocks at width 256, H4/L4 cycles",
+                          {"trm_hidden": 256, "trm_layers": 3, "trm_h_cycles": 4, "trm_l_cycles": 4},
+                          label="TRM 256x3 H4/L4", colour="#98df8a"),
 }
 
 BASELINE = "baseline"                    # every other arm is compared with this one
@@ -57,6 +73,8 @@ READ_ABLATIONS = {
     "with_ltm_reads_off": ("with_ltm", {"memory_read": False}, "the trained with_ltm model scored with memory reads off"),
     "reservoir_memory_off": ("reservoir", {"memory_read": False}, "the trained reservoir model scored with its "
                              "recurrence cut (every state starts from zero: no memory of earlier tokens)"),
+    "recursive_carry_off": ("recursive", {"memory_read": False}, "the trained recursive model scored with an empty "
+                            "carry in every chunk (no z_H from the previous chunk: no memory beyond the chunk)"),
 }
 
 

@@ -61,6 +61,14 @@ class ModelConfig:
     reservoir_bias_scaling: float = 0.0     # b entries are +-this (0 = no bias, reservoirpy's default)
     reservoir_seed: int = 42        # layer i's matrices come from seed + i (fixed across training seeds)
     reservoir_keep_ffn: bool = False        # False: the FFN is replaced (the seed's design); True: reservoir beside it
+    # Tiny Recursive Model (family "recursive", revena_lib/models/recursive.py): one small weight-shared core of
+    # trm_layers blocks refines two latents per chunk, H cycles of (L updates of z_L, then one of z_H); the last
+    # chunk's z_H is the carry the next chunk attends to.
+    trm_hidden: int = 0             # the core's width; 0 = n_embd (no projections between embedding and core)
+    trm_layers: int = 0             # blocks in the core; 0 = n_layer: then the core has exactly the baseline's
+                                    # block parameters (the trainable count matches the baseline's)
+    trm_h_cycles: int = 2           # H: z_H updates per chunk; only the last cycle runs with gradient
+    trm_l_cycles: int = 2           # L: z_L updates before each z_H update
 
     @property
     def memory_layer_index(self) -> int:
@@ -86,10 +94,24 @@ class ModelConfig:
                              f"{self.reservoir_units} >= 0 (0 = 2 * n_embd), reservoir_sr={self.reservoir_sr} >= 0 and "
                              f"both connectivities (rc {self.reservoir_rc_connectivity}, input "
                              f"{self.reservoir_input_connectivity}) in (0, 1]")
+        if self.trm_hidden < 0 or self.trm_width % self.n_head or (self.trm_width // self.n_head) % 2:
+            raise ValueError(f"ModelConfig: trm_hidden={self.trm_hidden} must be >= 0 (0 = n_embd) and divide by "
+                             f"n_head={self.n_head} into an even head size (RoPE rotates pairs of dimensions)")
+        if self.trm_layers < 0 or self.trm_h_cycles < 1 or self.trm_l_cycles < 1:
+            raise ValueError(f"ModelConfig: trm_layers={self.trm_layers} must be >= 0 (0 = n_layer), and "
+                             f"trm_h_cycles={self.trm_h_cycles} and trm_l_cycles={self.trm_l_cycles} >= 1")
 
     @property
     def reservoir_size(self) -> int:
         return self.reservoir_units or 2 * self.n_embd
+
+    @property
+    def trm_width(self) -> int:
+        return self.trm_hidden or self.n_embd
+
+    @property
+    def trm_depth(self) -> int:
+        return self.trm_layers or self.n_layer
 
 
 @dataclass

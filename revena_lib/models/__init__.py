@@ -19,6 +19,7 @@ Each state has ``position`` (tokens seen) and ``summary() -> dict`` (what it hol
 from __future__ import annotations
 
 from revena_lib.config import ModelConfig
+from revena_lib.models.recursive import RecursiveLM
 from revena_lib.models.reservoir import ReservoirLM
 from revena_lib.models.transformer import ModelOutput, RevenaLM
 
@@ -26,6 +27,7 @@ from revena_lib.models.transformer import ModelOutput, RevenaLM
 FAMILIES = {
     "transformer": RevenaLM,
     "reservoir": ReservoirLM,      # the Reservoir-Augmented Transformer (seed 000)
+    "recursive": RecursiveLM,      # the Tiny Recursive Model with a carry between chunks (seed 001)
 }
 
 
@@ -36,4 +38,4 @@ def build_model(cfg: ModelConfig):
     return FAMILIES[cfg.family](cfg)
 
 
-__all__ = ["FAMILIES", "ModelOutput", "ReservoirLM", "RevenaLM", "build_model"]
+__all__ = ["FAMILIES", "ModelOutput", "RecursiveLM", "ReservoirLM", "RevenaLM", "build_model"]
