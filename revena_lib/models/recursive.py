@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
 from revena_lib.models.reservoir import lm_head
-from revena_lib.models.transformer import Block, ModelError, ModelOutput, apply_rope, rope_tables
+from revena_lib.models.transformer import LN2, Block, ModelError, ModelOutput, apply_rope, rope_tables
 
 
 @dataclass
@@ -51,10 +51,11 @@ class RecursiveCarry:
     batch_size: int
     position: int = 0                       # tokens seen
     z_H: torch.Tensor | None = None         # (B, c, hidden) the carry; None = empty (stream start, or after reset)
+    last_log_probs: torch.Tensor | None = None   # (B, V) fp32 prediction for the next token (its surprisal)
 
     def reset(self) -> None:
         """Forget the stream: back to position 0 with an empty carry."""
-        self.position, self.z_H = 0, None
+        self.position, self.z_H, self.last_log_probs = 0, None, None
 
     def summary(self) -> dict:
         norm = 0.0 if self.z_H is None else float(self.z_H.float().norm(dim=-1).mean())
@@ -206,5 +207,8 @@ class RecursiveLM(nn.Module):
         logits, loss, surprisal = lm_head(h, self.wte.weight, idx, targets)
         after = None
         if state is not None:   # a new object: the caller's state stays as it was
-            after = RecursiveCarry(batch_size=B, position=start.position + T, z_H=z_H[-1].detach())
+            if start.last_log_probs is not None:   # the first token was predicted by the previous call
+                surprisal[:, 0] = -start.last_log_probs.gather(-1, idx[:, :1])[:, 0] / LN2
+            after = RecursiveCarry(batch_size=B, position=start.position + T, z_H=z_H[-1].detach(),
+                                   last_log_probs=F.log_softmax(logits[:, -1].float(), dim=-1).detach())
         return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats={}, state=after)
