@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from revena_lib.arms import arm_preset
 from revena_lib.config import ModelConfig
 from revena_lib.models import reservoir, transformer
-from revena_lib.models.output_head import HEAD_BLOCK, head_loss
+from revena_lib.models.output_head import HEAD_BLOCK, head_block, head_loss, weight_grad_buffer, with_weight_grad
 from revena_lib.models.reservoir import ReservoirLM
 from revena_lib.models.transformer import RevenaLM
 
@@ -31,7 +31,7 @@ def reference(h, weight, idx, targets):
     return logits, loss, surprisal
 
 
-def reference_block(h, weight, nxt, targets, need_logits=False):
+def reference_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
     """head_block's contract from the full logits: what the transformer's chunk loop computed before."""
     logits = h @ weight.t()                                                        # (B, l, V)
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -74,6 +74,24 @@ def test_loss_surprisal_and_gradients_match_the_plain_head(dtype, tol, need_logi
         assert logits.dtype == dtype and torch.equal(logits, want_logits)
     else:
         assert logits is None
+
+
+def test_chunks_sharing_one_weight_gradient_buffer_equal_one_call():
+    """RevenaLM's way: chunk by chunk, the weight's gradient summed in one (V, C) buffer, attached at the end."""
+    h, weight, idx, targets = problem(B=2, T=150)
+    _, want_loss, want_surprisal = reference(h, weight, idx, targets)
+    nxt = F.pad(idx[:, 1:], (0, 1), value=-1)
+    grad_w = weight_grad_buffer(h, weight)
+    nll_sum, count, bits = 0.0, 0, []
+    for s, e in ((0, 64), (64, 128), (128, 150)):
+        _, nll_c, n_c, bits_c = head_block(h[:, s:e], weight, nxt[:, s:e], targets[:, s:e], grad_w=grad_w)
+        nll_sum, count = nll_sum + nll_c, count + n_c
+        bits.append(bits_c)
+    loss = with_weight_grad(nll_sum, weight, grad_w) / count
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(F.pad(torch.cat(bits, 1)[:, :-1], (1, 0)), want_surprisal)
+    for got, want in zip(grads(loss, h, weight), grads(want_loss, h, weight)):
+        torch.testing.assert_close(got, want)
 
 
 def test_without_targets_the_loss_is_none_and_logits_carry_their_gradient():
@@ -131,7 +149,7 @@ def test_the_fused_forward_keeps_no_logits_for_the_backward():
     h, weight, idx, targets = problem(B=2, T=600, C=16)
     full = 2 * 600 * V
     assert largest_saved(lambda: reference(h, weight, idx, targets)) >= full       # the check sees logits
-    assert largest_saved(lambda: head_loss(h, weight, idx, targets)) == h.numel()   # h, the weight, lse, targets
+    assert largest_saved(lambda: head_loss(h, weight, idx, targets)) == h.numel()   # h, its gradient, the weight, ...
 
 
 @pytest.mark.parametrize("family", ["transformer", "reservoir"])
@@ -173,6 +191,7 @@ def test_model_loss_and_gradients_equal_the_plain_head(family, overrides, monkey
 
     fused, fused_grads = run()
     monkeypatch.setattr(transformer, "head_block", reference_block)
+    monkeypatch.setattr(transformer, "with_weight_grad", lambda nll_sum, weight, grad_w: nll_sum)
     monkeypatch.setattr(reservoir, "head_loss", lambda h, w, idx, t, need_logits=False: reference(h, w, idx, t))
     plain, plain_grads = run()
     torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-6)

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
-from revena_lib.models.output_head import head_block
+from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
 TOP_HITS = 4              # K of MemoryTrace.top_hit_*
@@ -426,6 +426,7 @@ class RevenaLM(nn.Module):
         nll_sum = torch.zeros((), device=device)
         n_targets = torch.zeros((), device=device)
         need_logits = introspect or targets is None or not self.training
+        head_grad_w = weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None   # (V, C)
 
         for ci in range(n_chunks):
             s, e = ci * c, min((ci + 1) * c, T)
@@ -448,7 +449,8 @@ class RevenaLM(nn.Module):
             nxt = idx[:, s + 1:e + 1]                                                # (B, l or l-1)
             logits_c, nll_c, n_c, bits = head_block(self.ln_f(xc), self.lm_head.weight,
                                                     F.pad(nxt, (0, e - s - nxt.shape[1]), value=-1),   # (B, l)
-                                                    None if targets is None else targets[:, s:e], need_logits)
+                                                    None if targets is None else targets[:, s:e], need_logits,
+                                                    head_grad_w)
             if need_logits:
                 if logits is None:
                     logits = torch.empty(B, T, cfg.vocab_size, device=device, dtype=logits_c.dtype)
@@ -464,7 +466,7 @@ class RevenaLM(nn.Module):
                 if introspect:
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
-        loss = nll_sum / n_targets if targets is not None else None
+        loss = with_weight_grad(nll_sum, self.lm_head.weight, head_grad_w) / n_targets if targets is not None else None
         stats = {}
         trace = None
         if use_ltm:
