@@ -1,22 +1,30 @@
-"""Training throughput of the arms side by side with a plain GPT, and model FLOPs utilisation against this
-machine's matmul peak.
+"""Training and evaluation throughput of the arms side by side with a plain GPT, and model FLOPs utilisation
+against this machine's matmul peak.
 
 Times full optimizer steps (forward, backward, clip, AdamW) on the preset's real batches (random tokens
-if no data is prepared), after warm-up, for the baseline, the LTM arm and a plain GPT of the same size in one run,
-their steps interleaved, then measures the peak of a large square matmul. The plain GPT is written here as a
-typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full (B, T, V) logits,
-F.cross_entropy, fp32. Model FLOPs per token, stated explicitly:
+if no data is prepared), after warm-up, for the baseline, the baseline with the output layer it had before the
+fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm and
+a plain GPT of the same size in one run, their steps interleaved, then the same models' evaluation forward
+(no grad: what evaluate.py calls, logits included), then the peak of a large square matmul. The plain GPT is
+written here as a typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full
+(B, T, V) logits, F.cross_entropy, fp32. Model FLOPs per token, stated explicitly:
     6 * N_params                         (forward + backward of every weight; the tied embedding counted once,
                                           as the output layer's matmul, the input lookup is free)
   + 12 * n_layer * n_embd * window       (attention scores and weighted values, forward + backward, over the
                                           `window` keys each query actually sees; LTM reads not counted)
 
-    .venv/bin/python benchmarks/bench_train.py --preset cpu --steps 5 [--vocab-size 4096]
+    .venv/bin/python benchmarks/bench_train.py --preset cpu --steps 5 [--threads 1] [--vocab-size 4096]
+
+On a CPU shared with other jobs, --threads 1 can be several times faster than torch's default (one thread per
+core): measured 2.0 s against 10.4 s per baseline step at cpu beside two one-thread training runs on 2 cores.
+torch.compile of the step was tried (cpu preset, baseline): 190 s to compile, no faster, so it is not here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import time
@@ -28,6 +36,7 @@ import torch.nn.functional as F
 from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
+from revena_lib.models import transformer
 from revena_lib.models.transformer import RevenaLM
 from revena_lib.train import batch_for_step, make_optimizer
 
@@ -75,31 +84,64 @@ class PlainGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
 
 
+ARMS = ("baseline", "baseline_unfused", "with_ltm", "plain_gpt")
+
+
+def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
+    """RevenaLM's per-chunk output layer before output_head.py: the chunk's full logits and their fp32 log_softmax,
+    both kept by autograd for the backward (head_block's contract)."""
+    logits = h @ weight.t()                                                     # (B, l, V)
+    logp = F.log_softmax(logits.float(), dim=-1)                                # (B, l, V)
+    bits = -logp.detach().gather(-1, nxt.clamp(min=0)[..., None])[..., 0] / math.log(2.0) * (nxt >= 0)
+    tgt = targets if targets is not None else torch.full_like(nxt, -1)
+    nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]                 # (B, l)
+    return logits, torch.where(tgt >= 0, nll, 0.0).sum(), (tgt >= 0).sum(), bits
+
+
+@contextlib.contextmanager
+def unfused_head():
+    """RevenaLM's forward with the unfused head, for this block only (the backward needs no swap)."""
+    fused = transformer.head_block, transformer.weight_grad_buffer
+    transformer.head_block, transformer.weight_grad_buffer = unfused_head_block, lambda h, weight: None
+    try:
+        yield
+    finally:
+        transformer.head_block, transformer.weight_grad_buffer = fused
+
+
 def make_stepper(preset, arm: str, split, device, dtype):
-    """A closure running one full optimizer step of one arm (or "plain_gpt") on batch ``step``; returns its seconds."""
+    """(model, step, evaluate) for one arm (or "plain_gpt"): step(i) runs one full optimizer step on batch i,
+    evaluate(i) one forward pass without grad on it (eval mode); each returns its seconds."""
     cfg = preset.train
     torch.manual_seed(cfg.seed)
     if arm == "plain_gpt":
         m = preset.model
         model, dtype = PlainGPT(m.vocab_size, m.n_layer, m.n_head, m.n_embd, cfg.seq_len).to(device).train(), None
         loss_of = lambda x, y: model(x, y)
+        eval_of = loss_of                                       # full logits and their cross-entropy
+        head = contextlib.nullcontext
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     else:
-        arm_cfg = arm_preset(preset, arm)
+        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused"))
         arm_cfg.model.vocab_size = preset.model.vocab_size
         model = RevenaLM(arm_cfg.model).to(device).train()
+        head = unfused_head if arm.endswith("_unfused") else contextlib.nullcontext
         loss_of = lambda x, y: model(x, y).loss
+        eval_of = lambda x, y: model(x)                         # logits and surprisal, as evaluate.py calls it
         optimizer = make_optimizer(model, cfg, device)
 
-    def step(i: int) -> float:
+    def batch(i: int):
         if split is not None:
             x, y = batch_for_step(split, cfg.seed, i, cfg.batch_size, cfg.seq_len)
         else:
             x = torch.randint(0, preset.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1))
             x, y = x[:, :-1], x[:, 1:]
-        x, y = x.to(device), y.to(device)
+        return x.to(device), y.to(device)
+
+    def step(i: int) -> float:
+        x, y = batch(i)
         start = time.perf_counter()
-        with autocast(device, dtype):
+        with autocast(device, dtype), head():
             loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -109,26 +151,43 @@ def make_stepper(preset, arm: str, split, device, dtype):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    return model, step
+    def evaluate(i: int) -> float:
+        x, y = batch(i)
+        model.eval()
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast(device, dtype), head():
+            eval_of(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        model.train()
+        return elapsed
+
+    return model, step, evaluate
 
 
 def time_arms(preset, split, steps: int, warmup: int, device, dtype) -> dict:
-    """Both arms, their steps interleaved (baseline, LTM, baseline, ...) so a busy machine slows both alike."""
-    arms = {arm: make_stepper(preset, arm, split, device, dtype) for arm in ("baseline", "with_ltm", "plain_gpt")}
+    """Every arm, their steps interleaved (baseline, unfused, LTM, plain, baseline, ...) so a busy machine slows
+    all alike; then their evaluation forwards, interleaved the same way."""
+    arms = {arm: make_stepper(preset, arm, split, device, dtype) for arm in ARMS}
     seconds = {arm: [] for arm in arms}
-    for i in range(warmup + steps):
-        for arm, (_, step) in arms.items():
-            elapsed = step(i)
-            if i >= warmup:
-                seconds[arm].append(elapsed)
+    eval_seconds = {arm: [] for arm in arms}
+    for phase, times in ((1, seconds), (2, eval_seconds)):
+        for i in range(warmup + steps):
+            for arm, stepper in arms.items():
+                elapsed = stepper[phase](i)
+                if i >= warmup:
+                    times[arm].append(elapsed)
     tokens = preset.train.batch_size * preset.train.seq_len
+    median = lambda xs: sorted(xs)[len(xs) // 2]
     results = {}
-    for arm, (model, _) in arms.items():
-        median = sorted(seconds[arm])[len(seconds[arm]) // 2]
+    for arm, (model, _, _) in arms.items():
+        s_step = median(seconds[arm])
         context = preset.model.window if arm != "plain_gpt" else preset.train.seq_len / 2   # plain: mean causal span
         flops_per_token = 6 * model.num_parameters() + 12 * preset.model.n_layer * preset.model.n_embd * context
-        results[arm] = {"params": model.num_parameters(), "s_per_step": median, "tok_per_sec": tokens / median,
-                        "flops_per_token": flops_per_token, "model_flops_per_sec": flops_per_token * tokens / median}
+        results[arm] = {"params": model.num_parameters(), "s_per_step": s_step, "tok_per_sec": tokens / s_step,
+                        "flops_per_token": flops_per_token, "model_flops_per_sec": flops_per_token * tokens / s_step,
+                        "eval_tok_per_sec": tokens / median(eval_seconds[arm])}
     return results
 
 
@@ -141,6 +200,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="autocast dtype (default: what device.py picks for training)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="output layer size (default: the prepared data's tokenizer, else GPT-2's 50,257)")
     args = parser.parse_args(argv)
@@ -150,6 +210,8 @@ def main(argv=None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     device = select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = autocast_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
     try:
         from revena_lib.data import DataError, load_split
@@ -169,15 +231,21 @@ def main(argv=None) -> None:
     print(f"preset {preset.name}: batch {cfg.batch_size} x seq_len {cfg.seq_len}, {data_note}; device {device}, "
           f"vocabulary {preset.model.vocab_size:,}; dtype {dtype_name(dtype)} (plain GPT: fp32), "
           f"{torch.get_num_threads()} threads; median of {args.steps} interleaved steps "
-          f"after {args.warmup} warm-up")
+          f"after {args.warmup} warm-up (training, then evaluation)")
     print(f"matmul peak ({dtype_name(dtype)}, 2048^3): {peak / 1e9:,.1f} GFLOP/s; "
           f"load average {load_before:.2f} before, {load_after:.2f} after")
     print("model FLOPs/token = 6 * N_params + 12 * n_layer * n_embd * window")
-    print(f"{'arm':<10} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7}")
+    print(f"{'arm':<16} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7} "
+          f"{'eval tok/s':>11}")
     for arm, r in results.items():
-        print(f"{arm:<10} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
+        print(f"{arm:<16} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
               f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
-              f"{r['model_flops_per_sec'] / peak:>7.1%}")
+              f"{r['model_flops_per_sec'] / peak:>7.1%} {r['eval_tok_per_sec']:>11,.0f}")
+    print("eval tok/s: forward only, no grad, eval mode, the same batches (RevenaLM: logits and surprisal, as "
+          "evaluate.py calls it; plain GPT: logits and cross-entropy)")
+    fused = results["baseline"]["tok_per_sec"] / results["baseline_unfused"]["tok_per_sec"]
+    print(f"throughput ratio baseline (fused head) / baseline_unfused: {fused:.2f} training, "
+          f"{results['baseline']['eval_tok_per_sec'] / results['baseline_unfused']['eval_tok_per_sec']:.2f} eval")
     ratio = results["with_ltm"]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
     print(f"throughput ratio with_ltm / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x)")
     for arm in ("baseline", "with_ltm"):

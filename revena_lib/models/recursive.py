@@ -6,7 +6,7 @@ transformer blocks (width ``trm_hidden``, the transformer's Block, Attention and
 position, z_H and z_L (B, c, hidden), both starting from fixed init vectors in every chunk. As in TRM:
 
     repeat H times:  { repeat L times: z_L = core(z_L + z_H + x) };  z_H = core(z_H + z_L)
-    logits = ln_f(z_H) @ wte.T                      (tied output layer, reservoir.lm_head)
+    logits = ln_f(z_H) @ wte.T                      (tied output layer, output_head.head_loss)
 
 Only the last H cycle runs with gradient; the first H-1 run under torch.no_grad(), as in the reference. Inside the
 core, attention is causal over the chunk and every position also sees the CARRY: the previous chunk's final z_H
@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
-from revena_lib.models.reservoir import lm_head
+from revena_lib.models.output_head import head_loss
 from revena_lib.models.transformer import LN2, Block, ModelError, ModelOutput, apply_rope, rope_tables
 
 
@@ -204,7 +204,8 @@ class RecursiveLM(nn.Module):
             z_H.append(self.chunk(x[:, i * c:(i + 1) * c], carry, cos, sin, mask))   # (B, c, h)
             carry = z_H[-1].detach() if memory_read else None   # truncated backprop: no gradient across chunks
         h = self.ln_f(self.out_proj(torch.cat(z_H, dim=1)[:, :T]))                   # (B, T, C)
-        logits, loss, surprisal = lm_head(h, self.wte.weight, idx, targets)
+        need_logits = introspect or targets is None or not self.training or state is not None   # training: loss only
+        logits, loss, surprisal = head_loss(h, self.wte.weight, idx, targets, need_logits)
         after = None
         if state is not None:   # a new object: the caller's state stays as it was
             if start.last_log_probs is not None:   # the first token was predicted by the previous call

@@ -29,10 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
+from revena_lib.models.output_head import head_loss
 from revena_lib.models.transformer import (LN2, MLP, Attention, Block, ModelError, ModelOutput, cache_chunks,
                                            chunk_masks, rope_tables)
-
-HEAD_CHUNK = 256   # tokens per log_softmax in the output layer: bounds its temporaries on long sequences
 
 
 @dataclass
@@ -194,31 +193,6 @@ class ReservoirBlock(Block):
         self.mlp = CognitiveReadout(cfg, layer)
 
 
-# ----------------------------------------------------------------------------------------------- output layer
-
-def lm_head(h: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor | None):
-    """Tied output layer: logits (B, T, V), mean loss in nats over targets >= 0 (or None), surprisal bits (B, T).
-
-    The one place the output layer lives, so a fused chunked head (output_head.py) is a one-line swap.
-    Surprisal of token t is -log2 p(idx_t | idx_<t) from position t-1's prediction; 0.0 at position 0.
-    """
-    B, T, _ = h.shape
-    logits = h @ weight.t()                                                      # (B, T, V)
-    surprisal = torch.zeros(B, T, device=h.device)
-    nll_sum = torch.zeros((), device=h.device)
-    for s in range(0, T, HEAD_CHUNK):
-        e = min(s + HEAD_CHUNK, T)
-        logp = F.log_softmax(logits[:, s:e].float(), dim=-1)                     # (B, l, V)
-        nxt = idx[:, s + 1:e + 1]                                                # next tokens (one fewer at the end)
-        surprisal[:, s + 1:e + 1] = -logp.detach()[:, :nxt.shape[1]].gather(-1, nxt[..., None])[..., 0] / LN2
-        if targets is not None:
-            tgt = targets[:, s:e]
-            nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]          # (B, l)
-            nll_sum = nll_sum + torch.where(tgt >= 0, nll, torch.zeros_like(nll)).sum()
-    loss = nll_sum / (targets >= 0).sum() if targets is not None else None
-    return logits, loss, surprisal
-
-
 # ----------------------------------------------------------------------------------------------- the model
 
 class ReservoirLM(nn.Module):
@@ -299,7 +273,9 @@ class ReservoirLM(nn.Module):
             for block in self.blocks:
                 block.mlp.record = block.mlp.s0 = block.mlp.final_at = block.mlp.final = None
         h = self.ln_f(x[:, :T])                                                   # (B, T, C)
-        logits, loss, surprisal = lm_head(h, self.wte.weight, idx, targets)
+        # training needs only the loss: the fused head then never builds the (B, T, V) logits
+        need_logits = introspect or targets is None or not self.training or state is not None
+        logits, loss, surprisal = head_loss(h, self.wte.weight, idx, targets, need_logits)
         new_state = None
         if state is not None:
             if state.last_log_probs is not None:   # the first token was predicted by the previous call

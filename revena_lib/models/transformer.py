@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
+from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
 TOP_HITS = 4              # K of MemoryTrace.top_hit_*
@@ -489,6 +490,8 @@ class RevenaLM(nn.Module):
         logits = None
         nll_sum = torch.zeros((), device=device)
         n_targets = torch.zeros((), device=device)
+        need_logits = introspect or targets is None or not self.training or state is not None
+        head_grad_w = weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None   # (V, C)
 
         for ci in range(n_chunks):
             s, e = ci * c, min((ci + 1) * c, T)
@@ -506,20 +509,21 @@ class RevenaLM(nn.Module):
             xc = xc + mem_block.mlp(mem_block.ln_2(xc))
             for j, block in enumerate(upper):
                 xc, caches[j] = block.forward_chunk(xc, cos[s:e], sin[s:e], masks[ci, :e - s, :p * c + e - s], caches[j])
-            logits_c = self.lm_head(self.ln_f(xc))                                   # (B, l, V)
-            if logits is None:
-                logits = torch.empty(B, T, cfg.vocab_size, device=device, dtype=logits_c.dtype)
-            logits[:, s:e] = logits_c
-            logp = F.log_softmax(logits_c.float(), dim=-1)                           # (B, l, V), the one softmax
-            # surprisal of the next tokens s+1 .. e (the last one belongs to the next chunk)
+            # surprisal of the next tokens s+1 .. e (the last one belongs to the next chunk); the fused head
+            # (output_head.py) builds no logits when training with targets
             nxt = idx[:, s + 1:e + 1]                                                # (B, l or l-1)
-            surprisal[:, s + 1:e + 1] = -logp.detach()[:, :nxt.shape[1]].gather(-1, nxt[..., None])[..., 0] / LN2
+            logits_c, nll_c, n_c, bits = head_block(self.ln_f(xc), self.lm_head.weight,
+                                                    F.pad(nxt, (0, e - s - nxt.shape[1]), value=-1),   # (B, l)
+                                                    None if targets is None else targets[:, s:e], need_logits,
+                                                    head_grad_w)
+            if need_logits:
+                if logits is None:
+                    logits = torch.empty(B, T, cfg.vocab_size, device=device, dtype=logits_c.dtype)
+                logits[:, s:e] = logits_c                                            # (B, l, V)
+            surprisal[:, s + 1:e + 1] = bits[:, :nxt.shape[1]]
             if targets is not None:
-                tgt = targets[:, s:e]
-                ok = tgt >= 0
-                nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]          # (B, l)
-                nll_sum = nll_sum + torch.where(ok, nll, torch.zeros_like(nll)).sum()
-                n_targets = n_targets + ok.sum()
+                nll_sum = nll_sum + nll_c
+                n_targets = n_targets + n_c
             if use_ltm:
                 routed = write_mask(surprisal[:, s:e], positions[:, s:e], cfg)
                 routed_all[:, s:e] = routed
@@ -527,7 +531,7 @@ class RevenaLM(nn.Module):
                 if introspect:
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
-        loss = nll_sum / n_targets if targets is not None else None
+        loss = with_weight_grad(nll_sum, self.lm_head.weight, head_grad_w) / n_targets if targets is not None else None
         new_state = None
         if state is not None:   # logits_c is the last chunk's: its last real row predicts the next call's first token
             last = F.log_softmax(logits_c[:, T - 1 - (n_chunks - 1) * c].float(), dim=-1).detach()   # (B, V)
