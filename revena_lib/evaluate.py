@@ -335,6 +335,9 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
         "long_range_recall_logprob_bits": stats.point(logprob),
         "control_recall": summary["control_recall"],
         "control_recall_logprob_bits": summary["control_recall_logprob_bits"],
+        # controls that could falsify a memory (beyond the window): no fact planted (guessing), another key planted
+        "no_fact_recall_logprob_bits": summary["no_fact_recall_logprob_bits"],
+        "wrong_key_recall_logprob_bits": summary["wrong_key_recall_logprob_bits"],
         "routed_token_ratio": rate("routed_token_ratio"),
         "avg_surprisal_routed": rate("avg_surprisal_routed"),
         "recall_by_distance": summary["recall_by_distance"],

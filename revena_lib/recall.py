@@ -4,8 +4,11 @@ Each item is one token sequence that opens with ``<|endoftext|>`` (the documents
 then a stretch of real text, the planted fact, exactly ``distance`` tokens of real text (the filler),
 the question, and the answer. The answer is scored teacher-forced: exact match means greedy argmax
 reproduces every answer token; the graded score is the answer's mean log2-probability per token.
-Two kinds: ``passkey`` (a random 5-digit number: high surprisal, so the LTM writes it) and ``control``
-(an ordinary colour word: low surprisal, so a memory that only stores surprising tokens should not help).
+Four kinds, made from the same stretch of text: ``passkey`` (a random 5-digit number: high surprisal, so the LTM
+writes it); ``control`` (an ordinary colour word: low surprisal, so a memory that only stores surprising tokens
+should not help); and two controls that could falsify a memory: ``no_fact`` (the same question and answer with no
+fact planted: what guessing scores) and ``wrong_key`` (a different number planted, the original one asked: a model
+that copies scores *below* guessing here, one that knows the answer some other way does not).
 
     items = make_recall_items(load_split("val"), distances=(32, 256), items_per_distance=4, seed=2024)
     scores = score_recall_items(model, items, batch_size=8)   # list of dicts, one per item
@@ -27,6 +30,7 @@ PASSKEY_TAIL = ". Remember it."
 CONTROL_OBJECTS = ("door", "car", "house", "boat", "coat", "wall")
 CONTROL_COLOURS = (" blue", " red", " green", " white", " black", " yellow", " brown")
 PREFIX_TOKENS = (16, 48)   # real text before the fact: a random length in this range (inclusive)
+KINDS = ("passkey", "control", "no_fact", "wrong_key")
 
 
 class RecallError(ValueError):
@@ -53,7 +57,7 @@ class RecallItem:
     answer_start: int
     answer_len: int
     distance: int
-    kind: str = "passkey"          # "passkey" | "control"
+    kind: str = "passkey"          # one of KINDS
     answer_text: str = ""
     fact_start: int = -1
     fact_end: int = -1
@@ -98,12 +102,21 @@ def _planted_pair(rng: np.random.Generator, enc) -> dict:
     }
 
 
+def _other_key(rng: np.random.Generator, key: str) -> str:
+    """A different 5-digit number that shares no digit position with ``key`` (so no answer token is copied)."""
+    while True:
+        other = f" {int(rng.integers(10_000, 100_000))}"
+        if all(a != b for a, b in zip(other[1:], key[1:])):
+            return other
+
+
 def make_recall_items(filler, distances, items_per_distance: int, seed: int, tokenizer=None) -> list[RecallItem]:
     """Passkey and control items planted in real text; deterministic for a given (filler, seed).
 
-    For every distance D and every i < items_per_distance one passkey item and one control item are
-    made from the SAME stretch of real text (paired), so the list has 2 x len(distances) x
-    items_per_distance items, ordered by distance, then i, then kind. Each (D, i) draws from its own
+    For every distance D and every i < items_per_distance one item of each kind in ``KINDS`` is made from the
+    SAME stretch of real text (paired), so the list has 4 x len(distances) x items_per_distance items, ordered by
+    distance, then i, then kind. ``no_fact`` leaves the fact out (its fact span is empty: fact_start == fact_end);
+    ``wrong_key`` plants another 5-digit number and asks for the passkey item's. Each (D, i) draws from its own
     generator seeded by (seed, D, i), so adding a distance does not change the other items.
 
     Layout of one item (positions are token indices; P = prefix length, F = fact length):
@@ -159,7 +172,12 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int, tok
             prefix = source[offset:offset + prefix_len].tolist()
             gap = source[offset + prefix_len:offset + need].tolist()
             planted = _planted_pair(rng, enc)
-            for kind in ("passkey", "control"):
+            fact, question, answer, answer_text = planted["passkey"]
+            planted["no_fact"] = ([], question, answer, answer_text)
+            other = _other_key(rng, answer_text)   # drawn last: the passkey and control draws stay as they were
+            planted["wrong_key"] = (question + enc.encode(other) + enc.encode(PASSKEY_TAIL), question, answer,
+                                    answer_text)
+            for kind in KINDS:
                 fact, question, answer, answer_text = planted[kind]
                 tokens = [enc.eot_token] + prefix + fact + gap + question + answer
                 fact_start = 1 + prefix_len
@@ -249,23 +267,23 @@ def summarize_recall(scores: list[dict], window: int = 128) -> dict:
         return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
     passkey = [r for r in scores if r["kind"] == "passkey"]
-    control = [r for r in scores if r["kind"] == "control"]
+    others = {kind: [r for r in scores if r["kind"] == kind] for kind in KINDS[1:]}
     beyond = [r for r in passkey if r["distance"] > window]
-    control_beyond = [r for r in control if r["distance"] > window]
     by_distance = {}
     for d in sorted({r["distance"] for r in scores}):
         p = [r for r in passkey if r["distance"] == d]
-        c = [r for r in control if r["distance"] == d]
-        by_distance[str(d)] = {
-            "exact": mean(p, "exact_match"), "logprob_bits": mean(p, "answer_logprob_bits"),
-            "control_exact": mean(c, "exact_match"), "control_logprob_bits": mean(c, "answer_logprob_bits"),
-            "memory_hit_rate": mean(p + c, "memory_hit_rate"), "answer_hit": mean(p, "answer_hit"),
-            "answer_hit_in_fact": mean(p, "answer_hit_in_fact"), "n": len(p),
-        }
-    return {
-        "long_range_recall": mean(beyond, "exact_match"),
-        "long_range_recall_logprob_bits": mean(beyond, "answer_logprob_bits"),
-        "control_recall": mean(control_beyond, "exact_match"),
-        "control_recall_logprob_bits": mean(control_beyond, "answer_logprob_bits"),
-        "recall_by_distance": by_distance,
-    }
+        row = {"exact": mean(p, "exact_match"), "logprob_bits": mean(p, "answer_logprob_bits")}
+        for kind, rows in others.items():
+            at = [r for r in rows if r["distance"] == d]
+            row[f"{kind}_exact"], row[f"{kind}_logprob_bits"] = mean(at, "exact_match"), mean(at, "answer_logprob_bits")
+        row.update({"memory_hit_rate": mean(p + others["control"], "memory_hit_rate"),
+                    "answer_hit": mean(p, "answer_hit"), "answer_hit_in_fact": mean(p, "answer_hit_in_fact"),
+                    "n": len(p)})
+        by_distance[str(d)] = row
+    out = {"long_range_recall": mean(beyond, "exact_match"),
+           "long_range_recall_logprob_bits": mean(beyond, "answer_logprob_bits")}
+    for kind, rows in others.items():   # beyond the window, like the headline
+        far = [r for r in rows if r["distance"] > window]
+        out[f"{kind}_recall"], out[f"{kind}_recall_logprob_bits"] = mean(far, "exact_match"), mean(far, "answer_logprob_bits")
+    out["recall_by_distance"] = by_distance
+    return out

@@ -54,10 +54,12 @@ def test_items_are_deterministic_per_seed(val):
 def test_answer_fact_and_distance_are_where_they_claim(val):
     enc = get_tokenizer()
     items = make_recall_items(val, (0, 32, 256), 4, seed=2024)
-    assert len(items) == 3 * 4 * 2
-    assert {it.kind for it in items} == {"passkey", "control"}
+    assert len(items) == 3 * 4 * 4
+    assert [it.kind for it in items[:4]] == ["passkey", "control", "no_fact", "wrong_key"]
     question = enc.encode(PASSKEY_QUESTION)
     for it in items:
+        if it.kind in ("no_fact", "wrong_key"):
+            continue   # checked in test_controls_that_could_falsify_the_memory
         assert it.tokens[0] == EOT_ID
         assert enc.decode(it.answer_tokens) == it.answer_text
         assert it.answer_start + it.answer_len == len(it.tokens)           # the answer ends the item
@@ -80,9 +82,24 @@ def test_answer_fact_and_distance_are_where_they_claim(val):
             assert starts, "filler is not a slice of its document"
 
 
+def test_controls_that_could_falsify_the_memory(val):
+    """no_fact: the passkey item without its fact; wrong_key: another number planted, the passkey's asked."""
+    enc = get_tokenizer()
+    items = make_recall_items(val, (32, 64), 3, seed=5)
+    for passkey, _, no_fact, wrong in zip(*(items[k::4] for k in range(4))):
+        assert (no_fact.kind, wrong.kind) == ("no_fact", "wrong_key")
+        assert no_fact.fact_start == no_fact.fact_end and no_fact.distance == passkey.distance
+        assert no_fact.tokens == passkey.tokens[:passkey.fact_start] + passkey.tokens[passkey.fact_end:]
+        assert wrong.answer_tokens == passkey.answer_tokens and wrong.distance == passkey.distance
+        planted = enc.decode(wrong.tokens[wrong.fact_start:wrong.fact_end])
+        other = planted.split("is ")[1].split(".")[0]
+        assert other.isdigit() and all(a != b for a, b in zip(other, passkey.answer_text.strip()))
+        assert wrong.tokens[wrong.fact_end:] == passkey.tokens[passkey.fact_end:]
+
+
 def test_control_is_paired_with_the_passkey_item(val):
     items = make_recall_items(val, (64,), 2, seed=1)
-    for passkey, control in zip(items[0::2], items[1::2]):
+    for passkey, control in zip(items[0::4], items[1::4]):
         assert (passkey.kind, control.kind) == ("passkey", "control")
         assert passkey.tokens[:passkey.fact_start] == control.tokens[:control.fact_start]
         assert passkey.tokens[passkey.fact_end:passkey.fact_end + 64] == control.tokens[control.fact_end:control.fact_end + 64]
