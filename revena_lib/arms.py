@@ -83,8 +83,9 @@ def arm_style(name: str) -> tuple[str, str]:
     if name in ARMS:
         return ARMS[name].label or name, ARMS[name].colour
     if name in READ_ABLATIONS:
-        source = ARMS[READ_ABLATIONS[name][0]]
-        return f"{source.label or READ_ABLATIONS[name][0]}, reads off", "#9ecae1"
+        source_name = READ_ABLATIONS[name][0]
+        switch = name.removeprefix(source_name + "_").replace("_", " ")    # "reads off", "memory off", "carry off"
+        return f"{ARMS[source_name].label or source_name}, {switch}", "#9ecae1"
     return name, "#333333"
 
 
