@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
 from revena_lib.models.output_head import head_loss
-from revena_lib.models.transformer import LN2, Block, ModelError, ModelOutput, apply_rope, rope_tables
+from revena_lib.models.transformer import (LN2, Block, ModelError, ModelOutput, apply_rope, check_inputs,
+                                           rope_tables)
 
 
 @dataclass
@@ -177,10 +178,7 @@ class RecursiveLM(nn.Module):
         """memory_read=False: every chunk starts with an empty carry (an evaluation ablation); state: continue that
         stream (see RecursiveCarry) and return the state after idx in out.state."""
         cfg = self.cfg
-        if idx.dim() != 2 or idx.shape[1] < 1:
-            raise ModelError(f"RecursiveLM.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
-        if targets is not None and targets.shape != idx.shape:
-            raise ModelError(f"RecursiveLM.forward: targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        check_inputs("RecursiveLM", idx, targets)
         B, T = idx.shape
         c = cfg.chunk_size
         start = state if state is not None else self.new_state(B, idx.device)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from revena_lib.config import ModelConfig
 from revena_lib.models.output_head import head_loss
 from revena_lib.models.transformer import (LN2, MLP, Attention, Block, ModelError, ModelOutput, cache_chunks,
-                                           chunk_masks, rope_tables)
+                                           check_inputs, chunk_masks, empty_caches, rope_tables)
 
 
 @dataclass
@@ -227,19 +227,14 @@ class ReservoirLM(nn.Module):
     def new_state(self, batch_size: int = 1, device="cpu") -> ReservoirState:
         """An empty stream (position 0): zero K/V caches and zero reservoir states."""
         cfg = self.cfg
-        H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
-        caches = [(torch.zeros(batch_size, H, keep, D, device=device),) * 2 for _ in self.blocks]
-        return ReservoirState(0, caches, [torch.zeros(batch_size, cfg.reservoir_size, device=device)
-                                          for _ in self.blocks])
+        return ReservoirState(0, empty_caches(cfg, batch_size, device),
+                              [torch.zeros(batch_size, cfg.reservoir_size, device=device) for _ in self.blocks])
 
     def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
         """memory_read=False cuts every reservoir's recurrence (states without a past): an evaluation ablation.
         ``state``: continue a stream (see ``revena_lib/models/__init__.py``); the result's ``state`` is the next one."""
         cfg = self.cfg
-        if idx.dim() != 2 or idx.shape[1] < 1:
-            raise ModelError(f"ReservoirLM.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
-        if targets is not None and targets.shape != idx.shape:
-            raise ModelError(f"ReservoirLM.forward: targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        check_inputs("ReservoirLM", idx, targets)
         B, T = idx.shape
         c, p = cfg.chunk_size, cache_chunks(cfg)
         n_chunks = -(-T // c)

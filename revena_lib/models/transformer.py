@@ -151,6 +151,20 @@ def parameter_count(cfg: ModelConfig) -> int:
     return total + (cfg.n_head if cfg.use_ltm else 0)                      # LTM gate: one scalar per head
 
 
+def check_inputs(owner: str, idx: torch.Tensor, targets: torch.Tensor | None) -> None:
+    """The checks every family's forward makes first: a clear error instead of a shape error deep inside."""
+    if idx.dim() != 2 or idx.shape[1] < 1:
+        raise ModelError(f"{owner}.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
+    if targets is not None and targets.shape != idx.shape:
+        raise ModelError(f"{owner}.forward: targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+
+
+def empty_caches(cfg: ModelConfig, batch_size: int, device) -> list:
+    """Zero K/V caches (k after RoPE, v) of every layer, each (B, H, P*c, D): the start of a stream."""
+    H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
+    return [(torch.zeros(batch_size, H, keep, D, device=device),) * 2 for _ in range(cfg.n_layer)]
+
+
 def write_mask(surprisal: torch.Tensor, positions: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Which tokens of one chunk the LTM writes: (B, L) bool from surprisal bits (B, L) and positions (B, L).
 
@@ -418,17 +432,13 @@ class RevenaLM(nn.Module):
     def new_state(self, batch_size: int = 1, device="cpu") -> TransformerState:
         """An empty stream (position 0): zero K/V caches in every layer and, with the LTM, an empty memory."""
         cfg = self.cfg
-        H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
-        caches = [(torch.zeros(batch_size, H, keep, D, device=device),) * 2 for _ in self.blocks]
-        memory = LongTermMemory(batch_size, H, D, cfg.ltm_capacity, device) if cfg.use_ltm else None
-        return TransformerState(0, caches, None, memory)
+        memory = (LongTermMemory(batch_size, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.ltm_capacity, device)
+                  if cfg.use_ltm else None)
+        return TransformerState(0, empty_caches(cfg, batch_size, device), None, memory)
 
     def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
         cfg = self.cfg
-        if idx.dim() != 2 or idx.shape[1] < 1:
-            raise ModelError(f"RevenaLM.forward: idx must be a (batch, time) LongTensor with time >= 1, got shape {tuple(idx.shape)}")
-        if targets is not None and targets.shape != idx.shape:
-            raise ModelError(f"RevenaLM.forward: targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        check_inputs("RevenaLM", idx, targets)
         B, T = idx.shape
         device = idx.device
         c, p = cfg.chunk_size, cache_chunks(cfg)
