@@ -13,50 +13,16 @@ multiply-adds per token of what replaces the FFN: the FFN's 8 C^2 against the re
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-import time
 
 import torch
 
-from revena_lib.arms import arm_preset
+from bench_train import make_stepper   # the same timed optimizer step as bench_train.py (this folder)
 from revena_lib.config import get_preset
-from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
-from revena_lib.models import build_model
-from revena_lib.train import batch_for_step, make_optimizer
+from revena_lib.device import DTYPES, autocast_dtype, dtype_name, select_device
 
 ARMS = ("baseline", "reservoir", "reservoir_ffn")
-
-
-def make_stepper(preset, arm: str, split, device, dtype, units: int):
-    """(model, step) for one arm: step(i) runs one full optimizer step on batch i and returns its seconds."""
-    cfg = preset.train
-    torch.manual_seed(cfg.seed)
-    model_cfg = dataclasses.replace(arm_preset(preset, arm).model, vocab_size=preset.model.vocab_size,
-                                    reservoir_units=units)
-    model = build_model(model_cfg).to(device).train()
-    optimizer = make_optimizer(model, cfg, device)
-
-    def step(i: int) -> float:
-        if split is not None:
-            x, y = batch_for_step(split, cfg.seed, i, cfg.batch_size, cfg.seq_len)
-        else:
-            x = torch.randint(0, preset.model.vocab_size, (cfg.batch_size, cfg.seq_len + 1))
-            x, y = x[:, :-1], x[:, 1:]
-        x, y = x.to(device), y.to(device)
-        start = time.perf_counter()
-        with autocast(device, dtype):
-            loss = model(x, y).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    return model, step
 
 
 def main(argv=None) -> None:
@@ -86,7 +52,8 @@ def main(argv=None) -> None:
         preset.model.vocab_size = int(tok.split("-")[1]) if tok.startswith("bpe-") else preset.model.vocab_size
         split, note = None, "random tokens (no prepared data)"
 
-    steppers = {arm: make_stepper(preset, arm, split, device, dtype, args.units) for arm in ARMS}
+    steppers = {arm: make_stepper(preset, arm, split, device, dtype,
+                                  {"reservoir_units": args.units} if arm != "baseline" else None) for arm in ARMS}
     seconds = {arm: [] for arm in ARMS}
     load_before = os.getloadavg()[0]
     for i in range(args.warmup + args.steps):

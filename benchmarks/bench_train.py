@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -36,8 +37,7 @@ import torch.nn.functional as F
 from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
-from revena_lib.models import transformer
-from revena_lib.models.transformer import RevenaLM
+from revena_lib.models import build_model, transformer
 from revena_lib.train import batch_for_step, make_optimizer
 
 
@@ -109,9 +109,10 @@ def unfused_head():
         transformer.head_block, transformer.weight_grad_buffer = fused
 
 
-def make_stepper(preset, arm: str, split, device, dtype):
-    """(model, step, evaluate) for one arm (or "plain_gpt"): step(i) runs one full optimizer step on batch i,
-    evaluate(i) one forward pass without grad on it (eval mode); each returns its seconds."""
+def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None = None):
+    """(model, step, evaluate) for one arm of any family (or "plain_gpt"): step(i) runs one full optimizer step on
+    batch i, evaluate(i) one forward pass without grad on it (eval mode); each returns its seconds. ``overrides``:
+    ModelConfig fields set on top of the arm's (bench_reservoir.py's --units)."""
     cfg = preset.train
     torch.manual_seed(cfg.seed)
     if arm == "plain_gpt":
@@ -122,9 +123,9 @@ def make_stepper(preset, arm: str, split, device, dtype):
         head = contextlib.nullcontext
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     else:
-        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused"))
-        arm_cfg.model.vocab_size = preset.model.vocab_size
-        model = RevenaLM(arm_cfg.model).to(device).train()
+        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused")).model
+        model_cfg = dataclasses.replace(arm_cfg, vocab_size=preset.model.vocab_size, **(overrides or {}))
+        model = build_model(model_cfg).to(device).train()
         head = unfused_head if arm.endswith("_unfused") else contextlib.nullcontext
         loss_of = lambda x, y: model(x, y).loss
         eval_of = lambda x, y: model(x)                         # logits and surprisal, as evaluate.py calls it
