@@ -163,7 +163,7 @@ class Session:
         # the run's first token was predicted before this call (only used when nothing was pending)
         first = -1 if self._next_log_probs is None else int(self._next_log_probs.argmax())
         greedy = torch.cat([torch.tensor([first]), greedy_prev[:-1]])
-        self._next_log_probs = torch.log_softmax(logits[-1], -1)
+        self._next_log_probs = outs[-1].state.last_log_probs[0]              # (V,) the model computed it
         ltm = None
         traces = [o.trace for o in outs if o.trace is not None]
         if traces:
