@@ -1,4 +1,5 @@
 # Two commands on a fresh machine:  make run  (the whole pipeline)  and  make test  (the test suite).
+# make run SLEEP=1 adds notebook 09 (sleep consolidation) above the smoke preset.
 # Both create .venv on first use. Override the torch install for a GPU:  make setup TORCH=torch
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,6 +8,7 @@ PY := $(VENV)/bin/python
 # CPU wheel index, e.g.  make setup TORCH="torch --index-url <PyTorch CPU index URL>"
 TORCH ?= torch==2.13.0
 PRESET ?= cpu
+SLEEP ?=
 
 .PHONY: setup run test test-fast lab clean-artefacts
 
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(PY) run_all.py --preset $(PRESET)
+	$(PY) run_all.py --preset $(PRESET) $(if $(SLEEP),--sleep)
 
 # The test command (README and CI): unit tests, the notebooks under nbval, run_all.py end to end,
 # and the JupyterLab browser test.

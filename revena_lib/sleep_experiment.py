@@ -61,6 +61,24 @@ def defaults(preset: str) -> tuple[DayConfig, SleepConfig, SleepEval]:
     return tuple(dataclasses.replace(c) for c in PRESET_DEFAULTS[preset])
 
 
+def configured(preset: str, days: int = 0, facts_per_day: int = 0, steps: int = -1, lr: float = 0.0,
+               dream_source: str = "") -> tuple[DayConfig, SleepConfig, SleepEval]:
+    """The preset's configs with the notebook's / command line's flat overrides (0, -1 or "": keep the preset's)."""
+    day_cfg, sleep_cfg, eval_cfg = defaults(preset)
+    if days:
+        day_cfg.n_days = int(days)
+    if facts_per_day:
+        day_cfg.facts_per_day = int(facts_per_day)
+    if steps >= 0:
+        sleep_cfg.steps = int(steps)
+    if lr:
+        sleep_cfg.lr = float(lr)
+    if dream_source:
+        sleep_cfg.dream_source = dream_source
+    sleep_cfg.check()
+    return day_cfg, sleep_cfg, eval_cfg
+
+
 # -----------------------------------------------------------------------------
 # Measurement
 
@@ -119,6 +137,29 @@ def _reuse(out: Path, source: LoadedRun, cfg: SleepConfig, day: int, force: bool
         raise SleepError(f"{out} holds another night (other recipe, day or source model): pass force=True "
                          "(--force) to redo it, or choose another out_root")
     return slept, record
+
+
+def pick_arm(arm: str, arms: str, strategies: str) -> tuple[str, list[str], str]:
+    """The arm and strategies a notebook run can use: ``arm`` if it is among ``arms`` (run_all's comma-separated
+    list; empty: any), else the first of them with an LTM, else the first; the ltm strategies need an LTM.
+    Returns (arm, strategies, a note saying what changed, or "")."""
+    from revena_lib.arms import ARMS, parse_arms
+
+    wanted = [s.strip() for s in strategies.split(",") if s.strip()]
+    listed = list(parse_arms(arms)) if arms else []
+    chosen = arm
+    if listed and arm not in listed:
+        with_ltm = [a for a in listed if ARMS[a].overrides.get("use_ltm")]
+        chosen = (with_ltm or listed)[0]
+    note = f"{arm} is not among the arms run ({arms}): sleeping {chosen}. " if chosen != arm else ""
+    if chosen not in ARMS:
+        raise SleepError(f"unknown arm {chosen!r}: choose one of {', '.join(ARMS)}")
+    if not ARMS[chosen].overrides.get("use_ltm"):
+        dropped = [s for s in wanted if s.startswith("ltm")]
+        wanted = [s for s in wanted if not s.startswith("ltm")]
+        if dropped:
+            note += f"{chosen} has no LTM, so {', '.join(dropped)} (replaying what the LTM stored) cannot run."
+    return chosen, wanted, note.strip()
 
 
 def run_lineage(source: LoadedRun, days, cfg: SleepConfig, general: list[dict], out_root: Path,
@@ -223,13 +264,17 @@ def _strategy_summary(result: dict, strategy: str) -> dict:
     out = {"strategy": strategy}
     for metric in ("exact", "log2p"):
         m = _matrix(result, strategy, "closed_book", metric)                        # (S, K+1, F)
-        own = m[:, fact_day, np.arange(len(fact_day))]                              # after each fact's own sleep
+        own = _own_sleep(result, strategy, metric)                                  # after each fact's own sleep
         out[f"before_sleep_{metric}"] = _ci(m[:, 0])
         out[f"retention_{metric}"] = _ci(own)
         out[f"final_{metric}"] = _ci(m[:, -1])
         earlier = fact_day < n_days
         out[f"bwt_{metric}"] = _ci((m[:, -1] - own)[:, earlier]) if earlier.any() else _ci(np.full((1, 1), np.nan))
         out[f"day1_curve_{metric}"] = [_ci(m[:, k, fact_day == 1]) for k in range(n_days + 1)]
+        # the same questions for facts the model has not slept on yet, after the same sleeps: what sleeping on
+        # *other* facts of the same phrasing buys (format, digits), which retention must exceed to be about the fact
+        unseen = [m[:, k, fact_day > k] for k in range(1, n_days)]
+        out[f"unseen_{metric}"] = _ci(np.concatenate(unseen, 1)) if unseen else _ci(np.full((1, 1), np.nan))
     bits = np.array([lin["general_bits"] for lin in result["lineages"] if lin["strategy"] == strategy])  # (S,K+1,D)
     out["general_bpc"] = [_ci(bits[:, k], general_chars) for k in range(n_days + 1)]
     out["forgetting_bpc"] = compare(bits[:, 0], bits[:, -1], general_chars, lower_is_better=True)
@@ -244,8 +289,21 @@ def _strategy_summary(result: dict, strategy: str) -> dict:
     return out
 
 
+def _own_sleep(result: dict, strategy: str, metric: str) -> np.ndarray:
+    fact_day = _fact_days(result)
+    return _matrix(result, strategy, "closed_book", metric)[:, fact_day, np.arange(len(fact_day))]   # (S, F)
+
+
 def summarise(result: dict) -> list[dict]:
-    return [_strategy_summary(result, s) for s in result["strategies"]]
+    """Per strategy; with a 'none' lineage, each strategy's retention minus no sleep's (paired: same seeds, facts)."""
+    rows = [_strategy_summary(result, s) for s in result["strategies"]]
+    if "none" in result["strategies"]:
+        for row in rows:
+            for metric in ("exact", "log2p"):
+                row[f"retention_vs_none_{metric}"] = compare(_own_sleep(result, "none", metric),
+                                                             _own_sleep(result, row["strategy"], metric),
+                                                             lower_is_better=False)
+    return rows
 
 
 def fact_table(result: dict, strategy: str, metric: str = "exact"):
@@ -267,6 +325,47 @@ def fact_table(result: dict, strategy: str, metric: str = "exact"):
         row.update({f"after sleep {k}": closed[k, i] for k in range(1, closed.shape[0])})
         table.append(row)
     return pd.DataFrame(table)
+
+
+def summary_table(result: dict):
+    """One row per strategy: closed-book recall before sleep (the control), retention after each day's own sleep,
+    backward transfer by the last sleep, forgetting, cost."""
+    import pandas as pd
+
+    def fmt(stat: dict, digits: int = 3) -> str:
+        lo, hi = stat["ci95"]
+        return f"{stat['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+    rows = []
+    for r in result["summary"]:
+        f = r["forgetting_bpc"]
+        rows.append({"strategy": r["strategy"], "before sleep, exact": fmt(r["before_sleep_exact"]),
+                     "retention, exact": fmt(r["retention_exact"]), "retention, log2p": fmt(r["retention_log2p"], 2),
+                     "not yet slept on, log2p": fmt(r["unseen_log2p"], 2),
+                     "BWT, log2p": fmt(r["bwt_log2p"], 2),
+                     "forgetting, BPC": f"{f['diff']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}]",
+                     "general BPC": FORGETTING_WORDS[f["verdict"]],
+                     "steps/night": int(r["steps_per_night"]), "s/night": round(r["seconds_per_night"], 1)})
+    return pd.DataFrame(rows)
+
+
+FORGETTING_WORDS = {"worse": "rose (forgot)", "better": "fell", "no detectable difference": "no detectable change"}
+
+
+def verdict_lines(result: dict) -> list[str]:
+    """The result in words, from the intervals."""
+    words = {"better": "above", "worse": "below", "no detectable difference": "not distinguishable from"}
+    lines = []
+    for r in result["summary"]:
+        ret, f = r["retention_log2p"], r["forgetting_bpc"]
+        line = (f"**{r['strategy']}**: {r['retention_exact']['mean']:.0%} of facts recalled exactly after their own "
+                f"sleep, log2 p {ret['mean']:.2f} bits per answer token")
+        vs = r.get("retention_vs_none_log2p")
+        if vs and r["strategy"] != "none":
+            line += f" ({vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]: {words[vs['verdict']]} no sleep)"
+        lines.append(line + f"; general BPC {FORGETTING_WORDS[f['verdict']]} ({f['diff']:+.4f} "
+                     f"[{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}]).")
+    return lines
 
 
 def load_result(path=None) -> dict:
@@ -300,31 +399,16 @@ def main(argv=None) -> None:
     parser.add_argument("--force", action="store_true", help="redo nights already in slept/")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    day_cfg, sleep_cfg, eval_cfg = defaults(args.preset)
-    if args.days:
-        day_cfg.n_days = args.days
-    if args.facts_per_day:
-        day_cfg.facts_per_day = args.facts_per_day
-    if args.steps >= 0:
-        sleep_cfg.steps = args.steps
-    if args.lr:
-        sleep_cfg.lr = args.lr
-    if args.dream_source:
-        sleep_cfg.dream_source = args.dream_source
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or None
     try:
-        torch.manual_seed(0)
+        day_cfg, sleep_cfg, eval_cfg = configured(args.preset, args.days, args.facts_per_day, args.steps, args.lr,
+                                                  args.dream_source)
         result = run_experiment(args.arm, args.preset, [s.strip() for s in args.strategies.split(",") if s.strip()],
                                 seeds, day_cfg, sleep_cfg, eval_cfg, force=args.force, progress=not args.no_progress)
     except SleepError as e:
         sys.exit(f"error: {e}")
-    for row in result["summary"]:
-        f = row["forgetting_bpc"]
-        print(f"{row['strategy']:<12} retention exact {row['retention_exact']['mean']:.3f} "
-              f"log2p {row['retention_log2p']['mean']:.2f} bits; forgetting {f['diff']:+.4f} BPC "
-              f"[{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}] ({f['verdict']}); "
-              f"{row['seconds_per_night']:.1f}s per night")
-
+    print(summary_table(result).to_string(index=False))
+    print("\n".join(line.replace("**", "") for line in verdict_lines(result)))
 
 if __name__ == "__main__":
     main()

@@ -93,6 +93,17 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         assert (tmp_path / "results" / "results.png").stat().st_size > 10_000
 
 
+def test_sleep_notebook_is_opt_in_above_smoke():
+    sys.path.insert(0, str(REPO_ROOT))
+    import run_all as runner
+
+    names = lambda *a: [p.name[:2] for p in runner.select_notebooks(REPO_ROOT / "notebooks", *a)]   # noqa: E731
+    assert "09" in names("", "smoke", False)
+    assert "09" not in names("", "cpu", False) and "08" in names("", "cpu", False)
+    assert "09" in names("", "cpu", True)
+    assert names("09", "cpu", False) == ["09"]
+
+
 def test_every_notebook_has_a_parameters_cell_papermill_can_read():
     """papermill silently skips a parameter line it cannot parse (an '=' or quote in a comment does it), and
     run_all.py passes only declared names: so every line of every parameters cell must parse."""

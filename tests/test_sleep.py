@@ -15,7 +15,7 @@ import torch
 from revena_lib.session import load_run
 from revena_lib.sleep import (DayConfig, SleepConfig, SleepError, closed_book_items, day_from_texts, make_days,
                               recall_scores, replay_ltm, replay_text, sleep, wake)
-from revena_lib.sleep_experiment import fact_table, run_experiment
+from revena_lib.sleep_experiment import configured, fact_table, pick_arm, run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,14 @@ def test_the_whole_procedure_is_deterministic_under_a_seed(env, tmp_path):
     assert json.dumps(json.loads((tmp_path / "a.json").read_text())["summary"]) == json.dumps(a["summary"])
     table = fact_table(a, "text")
     assert list(table.columns[-2:]) == ["after sleep 1", "after sleep 2"] and len(table) == 4
+
+
+def test_notebook_parameters_pick_an_arm_and_strategies_that_can_run():
+    assert pick_arm("with_ltm", "", "none,text,ltm") == ("with_ltm", ["none", "text", "ltm"], "")
+    assert pick_arm("with_ltm", "baseline,ltm_random_write", "text,ltm")[:2] == ("ltm_random_write", ["text", "ltm"])
+    arm, strategies, note = pick_arm("with_ltm", "baseline,reservoir", "none,text,ltm,ltm+dreams")
+    assert (arm, strategies) == ("baseline", ["none", "text"]) and "no LTM" in note
+    day_cfg, sleep_cfg, _ = configured("cpu", days=2, steps=0, lr=0.01, dream_source="train")
+    assert (day_cfg.n_days, sleep_cfg.steps, sleep_cfg.lr, sleep_cfg.dream_source) == (2, 0, 0.01, "train")
+    with pytest.raises(SleepError, match="dream_source"):
+        configured("smoke", dream_source="nightmares")

@@ -1,0 +1,64 @@
+"""Figures of the sleep experiment (results/sleep.json): the retention/forgetting frontier, retention over days,
+general BPC over days. Error bars are 95% bootstrap intervals over seeds, then facts or documents.
+
+    result = load_result(); frontier_figure(result).show(); retention_figure(result).show()
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLOURS = {"none": "#7f7f7f", "text": "#1f77b4", "ltm": "#d62728", "text+dreams": "#17becf", "ltm+dreams": "#ff7f0e"}
+METRIC_LABEL = {"exact": "exact recall (share of facts)", "log2p": "answer log2 p (bits per token; higher is better)"}
+
+
+def _subtitle(result: dict) -> str:
+    s = result["sleep_config"]
+    return (f"{result['arm']} at {result['preset']} ({result['data']}, {result['tokenizer']}, {result['device']}, "
+            f"{result['dtype']}), seeds {', '.join(map(str, result['seeds']))}; {len(result['days'])} days; "
+            f"a night = {s['steps']} steps at lr {s['lr']:g}, dreams: {s['dream_source']}")
+
+
+def _bar(stat: dict, value: float) -> tuple[float, float]:
+    lo, hi = stat["ci95"]
+    return max(0.0, hi - value), max(0.0, value - lo)
+
+
+def frontier_figure(result: dict, metric: str = "log2p") -> go.Figure:
+    """Each strategy at (forgetting, retention): general BPC after the last sleep minus before any (x; left is
+    better), and recall of each day's facts right after its own sleep (y; up is better)."""
+    fig = go.Figure()
+    for row in result["summary"]:
+        f, r = row["forgetting_bpc"], row[f"retention_{metric}"]
+        x_plus, x_minus = _bar({"ci95": f["ci95"]}, f["diff"])
+        y_plus, y_minus = _bar(r, r["mean"])
+        fig.add_trace(go.Scatter(
+            x=[f["diff"]], y=[r["mean"]], mode="markers+text", text=[row["strategy"]], textposition="top center",
+            name=row["strategy"], marker=dict(size=12, color=COLOURS.get(row["strategy"])),
+            error_x=dict(type="data", symmetric=False, array=[x_plus], arrayminus=[x_minus]),
+            error_y=dict(type="data", symmetric=False, array=[y_plus], arrayminus=[y_minus])))
+    fig.add_vline(x=0, line_dash="dot", line_color="#999")
+    fig.update_layout(title=f"Retention against forgetting<br><sup>{_subtitle(result)}</sup>",
+                      xaxis_title="forgetting: general BPC after the last sleep - before (lower is better)",
+                      yaxis_title=f"retention: {METRIC_LABEL[metric]}", height=480, showlegend=False)
+    return fig
+
+
+def retention_figure(result: dict, metric: str = "log2p") -> go.Figure:
+    """Day 1's facts asked closed-book before any sleep (0) and after each sleep; and the general BPC."""
+    n = len(result["days"])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"day-1 facts, closed-book: {METRIC_LABEL[metric]}",
+                                                        "general BPC (held-out documents)"))
+    x = ["before sleep"] + [f"after sleep {k}" for k in range(1, n + 1)]
+    for row in result["summary"]:
+        colour = COLOURS.get(row["strategy"])
+        for col, series in ((1, row[f"day1_curve_{metric}"]), (2, row["general_bpc"])):
+            y = [s["mean"] for s in series]
+            bars = [_bar(s, v) for s, v in zip(series, y)]
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=row["strategy"], legendgroup=row["strategy"],
+                                     showlegend=col == 1, line=dict(color=colour),
+                                     error_y=dict(type="data", symmetric=False, array=[b[0] for b in bars],
+                                                  arrayminus=[b[1] for b in bars])), row=1, col=col)
+    fig.update_layout(title=f"Retention over days<br><sup>{_subtitle(result)}</sup>", height=460)
+    return fig
