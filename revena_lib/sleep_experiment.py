@@ -1,14 +1,14 @@
 """The sleep experiment: several days in a row, every strategy, every seed; retention, forgetting, cost.
 
-For each trained run (one per seed) and each strategy, a *lineage* starts from the trained model: day 1 is woken
+For each trained run (one per seed) and each variant (a strategy at a learning rate), a *lineage* starts from the trained model: day 1 is woken
 through and slept, the slept model wakes through day 2, and so on. After every sleep a fresh session (empty
 memory) is asked every day's facts closed-book, and the general BPC is measured on validation documents that no
 day uses. The rows go to ``results/sleep.json``; ``summarise`` turns them into retention (recall of each day's
 facts right after its own sleep), backward transfer (GEM: how that recall changed by the last sleep), forgetting
 (general BPC after the last sleep minus before any) with 95% intervals over seeds and facts or documents.
 
-    result = run_experiment("with_ltm", "cpu", strategies=("none", "text", "ltm"))
-    python -m revena_lib.sleep_experiment --arm with_ltm --preset cpu --strategies none,text,ltm,text+dreams
+    result = run_experiment("with_ltm", "cpu", strategies=("none", "text", "ltm"), lrs=(1e-4, 1e-3))
+    python -m revena_lib.sleep_experiment --arm with_ltm --preset cpu --strategies none,text,ltm --lrs 1e-4,1e-3
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ PRESET_DEFAULTS = {
               SleepConfig(steps=200, batch_size=8, seq_len=512, dream_rows=32, lr=3e-4),
               SleepEval(general_docs=32, general_tokens_per_doc=2048)),
 }
+
+
+# Learning rates of a night whose points make the frontier, per preset (the notebook's and CLI's default).
+PRESET_LRS = {"smoke": (1e-3,), "cpu": (1e-4, 1e-3), "paper": (1e-4, 3e-4)}
+
+
+def preset_lrs(preset: str) -> list[float]:
+    return list(PRESET_LRS.get(preset, (defaults(preset)[1].lr,)))
 
 
 def defaults(preset: str) -> tuple[DayConfig, SleepConfig, SleepEval]:
@@ -189,12 +197,24 @@ def run_lineage(source: LoadedRun, days, cfg: SleepConfig, general: list[dict], 
     return rec
 
 
+def variants(strategies, lrs) -> list[dict]:
+    """(strategy, lr) pairs, each a point on the frontier; 'none' once (it takes no step). Named by the strategy
+    alone when there is one learning rate."""
+    out = []
+    for strategy in strategies:
+        for lr in (lrs[:1] if strategy == "none" else lrs):
+            name = strategy if len(lrs) == 1 or strategy == "none" else f"{strategy} lr={lr:g}"
+            out.append({"name": name, "strategy": strategy, "lr": float(lr)})
+    return out
+
+
 def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRATEGIES, seeds=None,
                    day_cfg: DayConfig | None = None, sleep_cfg: SleepConfig | None = None,
                    eval_cfg: SleepEval | None = None, days=None, out_root=None, results_path=None,
-                   force: bool = False, device="cpu", progress: bool = True) -> dict:
-    """Every strategy over every finished run of ``arm`` at ``preset`` (or the given ``seeds``); writes and returns
-    the result (``results/sleep.json`` unless ``results_path``). ``days`` (a list of ``Day``) replaces the made ones."""
+                   force: bool = False, device="cpu", progress: bool = True, lrs=None) -> dict:
+    """Every strategy (at every learning rate of ``lrs``; default the night's ``lr``) over every finished run of
+    ``arm`` at ``preset`` (or the given ``seeds``); writes and returns the result (``results/sleep.json`` unless
+    ``results_path``). ``days`` (a list of ``Day``) replaces the made ones."""
     from revena_lib.data import load_split
     from revena_lib.train import find_runs, run_dir
 
@@ -208,6 +228,9 @@ def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRA
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         raise SleepError(f"unknown strategies {bad}: choose from {', '.join(STRATEGIES)}")
+    lrs = [float(x) for x in (lrs or [sleep_cfg.lr])]
+    if min(lrs) < 0:
+        raise SleepError(f"learning rates must be >= 0 (got {lrs})")
     loaded = [load_run(r, device=device) for r in runs]
     val = load_split("val")
     days = days or make_days(val, day_cfg, window=loaded[0].model.cfg.window, tokenizer=loaded[0].tokenizer)
@@ -215,14 +238,16 @@ def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRA
     log = print if progress else (lambda *_: None)
     lineages = []
     for run in loaded:
-        for strategy in strategies:
-            cfg = dataclasses.replace(sleep_cfg, strategy=strategy)
+        for v in variants(strategies, lrs):
+            cfg = dataclasses.replace(sleep_cfg, strategy=v["strategy"], lr=v["lr"])
             cfg.check()
             root = Path(out_root or artefact_root() / "slept") / arm / preset / Path(run.path).name / _tag(cfg, days)
-            log(f"  {Path(run.path).name} {strategy}: {root}")
+            log(f"  {Path(run.path).name} {v['name']}: {root}")
             rec = run_lineage(run, days, cfg, general, root, force=force, log=log)
-            lineages.append({"seed": run.config.get("seed"), "strategy": strategy, "dir": str(root), **rec})
-    result = {"arm": arm, "preset": preset, "strategies": list(strategies),
+            lineages.append({"seed": run.config.get("seed"), "variant": v["name"], "strategy": v["strategy"],
+                             "lr": v["lr"], "dir": str(root), **rec})
+    result = {"arm": arm, "preset": preset, "strategies": list(strategies), "lrs": lrs,
+              "variants": variants(strategies, lrs),
               "seeds": [r.config.get("seed") for r in loaded], "runs": [str(r.path) for r in loaded],
               "device": str(device), "dtype": loaded[0].config.get("dtype"),
               "data": loaded[0].config.get("data_meta", {}).get("corpus"),
@@ -243,9 +268,13 @@ def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRA
 # -----------------------------------------------------------------------------
 # Summary: retention, backward transfer, forgetting, with intervals over seeds
 
-def _matrix(result: dict, strategy: str, key: str, metric: str) -> np.ndarray:
-    """(seeds, k = 0..n_days, facts) of a closed-book metric for one strategy."""
-    rows = [lin for lin in result["lineages"] if lin["strategy"] == strategy]
+def _lineages(result: dict, variant: str) -> list[dict]:
+    return [lin for lin in result["lineages"] if lin["variant"] == variant]
+
+
+def _matrix(result: dict, variant: str, key: str, metric: str) -> np.ndarray:
+    """(seeds, k = 0..n_days, facts) of a closed-book metric for one variant."""
+    rows = _lineages(result, variant)
     return np.array([[[r[metric] for r in after] for after in lin[key]] for lin in rows], dtype=float)
 
 
@@ -257,14 +286,14 @@ def _ci(values, den=None) -> dict:
     return {"mean": point(values, den), "ci95": hierarchical_ci(values, den)}
 
 
-def _strategy_summary(result: dict, strategy: str) -> dict:
+def _variant_summary(result: dict, v: dict) -> dict:
     fact_day = _fact_days(result)
     n_days = len(result["days"])
     general_chars = np.array(result["general_characters"], float)
-    out = {"strategy": strategy}
+    variant, out = v["name"], {"variant": v["name"], "strategy": v["strategy"], "lr": v["lr"]}
     for metric in ("exact", "log2p"):
-        m = _matrix(result, strategy, "closed_book", metric)                        # (S, K+1, F)
-        own = _own_sleep(result, strategy, metric)                                  # after each fact's own sleep
+        m = _matrix(result, variant, "closed_book", metric)                         # (S, K+1, F)
+        own = _own_sleep(result, variant, metric)                                   # after each fact's own sleep
         out[f"before_sleep_{metric}"] = _ci(m[:, 0])
         out[f"retention_{metric}"] = _ci(own)
         out[f"final_{metric}"] = _ci(m[:, -1])
@@ -275,45 +304,49 @@ def _strategy_summary(result: dict, strategy: str) -> dict:
         # *other* facts of the same phrasing buys (format, digits), which retention must exceed to be about the fact
         unseen = [m[:, k, fact_day > k] for k in range(1, n_days)]
         out[f"unseen_{metric}"] = _ci(np.concatenate(unseen, 1)) if unseen else _ci(np.full((1, 1), np.nan))
-    bits = np.array([lin["general_bits"] for lin in result["lineages"] if lin["strategy"] == strategy])  # (S,K+1,D)
+    bits = np.array([lin["general_bits"] for lin in _lineages(result, variant)])     # (S, K+1, D)
     out["general_bpc"] = [_ci(bits[:, k], general_chars) for k in range(n_days + 1)]
     out["forgetting_bpc"] = compare(bits[:, 0], bits[:, -1], general_chars, lower_is_better=True)
-    day_before, day_after = ([np.array([lin[key][k] for lin in result["lineages"] if lin["strategy"] == strategy])
+    day_before, day_after = ([np.array([lin[key][k] for lin in _lineages(result, variant)])
                               for k in range(n_days)] for key in ("day_bits_before", "day_bits_after"))
     out["day_bpc_before"] = [_ci(b, np.array(c, float)) for b, c in zip(day_before, result["day_characters"])]
     out["day_bpc_after"] = [_ci(a, np.array(c, float)) for a, c in zip(day_after, result["day_characters"])]
-    nights = [n for lin in result["lineages"] if lin["strategy"] == strategy for n in lin["nights"]]
+    nights = [n for lin in _lineages(result, variant) for n in lin["nights"]]
     out["steps_per_night"] = float(np.mean([n["steps"] for n in nights]))
     out["seconds_per_night"] = float(np.mean([n["seconds"] for n in nights]))
     out["target_tokens_per_night"] = float(np.mean([n["target_tokens"] for n in nights]))
     return out
 
 
-def _own_sleep(result: dict, strategy: str, metric: str) -> np.ndarray:
+def _own_sleep(result: dict, variant: str, metric: str) -> np.ndarray:
     fact_day = _fact_days(result)
-    return _matrix(result, strategy, "closed_book", metric)[:, fact_day, np.arange(len(fact_day))]   # (S, F)
+    return _matrix(result, variant, "closed_book", metric)[:, fact_day, np.arange(len(fact_day))]   # (S, F)
 
 
 def summarise(result: dict) -> list[dict]:
-    """Per strategy; with a 'none' lineage, each strategy's retention minus no sleep's (paired: same seeds, facts)."""
-    rows = [_strategy_summary(result, s) for s in result["strategies"]]
+    """Per variant; with a 'none' lineage, each variant's retention minus no sleep's (paired: same seeds, facts)."""
+    rows = [_variant_summary(result, v) for v in result["variants"]]
     if "none" in result["strategies"]:
         for row in rows:
             for metric in ("exact", "log2p"):
                 row[f"retention_vs_none_{metric}"] = compare(_own_sleep(result, "none", metric),
-                                                             _own_sleep(result, row["strategy"], metric),
+                                                             _own_sleep(result, row["variant"], metric),
                                                              lower_is_better=False)
     return rows
 
 
-def fact_table(result: dict, strategy: str, metric: str = "exact"):
+def fact_table(result: dict, variant: str, metric: str = "exact"):
     """Per fact: recalled awake (in the window, past it), closed-book before sleep and after each sleep; the mean
-    over seeds of ``metric`` (exact: share of seeds that recalled it; log2p: bits per answer token)."""
+    over seeds of ``metric`` (exact: share of seeds that recalled it; log2p: bits per answer token). ``variant``:
+    a variant's name, or a strategy (its first variant)."""
     import pandas as pd
 
-    rows = [lin for lin in result["lineages"] if lin["strategy"] == strategy]
+    names = [v["name"] for v in result["variants"] if variant in (v["name"], v["strategy"])]
+    if not names:
+        raise SleepError(f"no variant {variant!r} in this result: one of {[v['name'] for v in result['variants']]}")
+    rows = _lineages(result, names[0])
     facts = [f for d in result["days"] for f in d["facts"]]
-    closed = _matrix(result, strategy, "closed_book", metric).mean(0)                 # (K+1, F)
+    closed = _matrix(result, names[0], "closed_book", metric).mean(0)                 # (K+1, F)
     table = []
     for i, f in enumerate(facts):
         k_day, j = f["day"] - 1, [g["cue"] for g in result["days"][f["day"] - 1]["facts"]].index(f["cue"])
@@ -328,7 +361,7 @@ def fact_table(result: dict, strategy: str, metric: str = "exact"):
 
 
 def summary_table(result: dict):
-    """One row per strategy: closed-book recall before sleep (the control), retention after each day's own sleep,
+    """One row per variant: closed-book recall before sleep (the control), retention after each day's own sleep,
     backward transfer by the last sleep, forgetting, cost."""
     import pandas as pd
 
@@ -339,7 +372,7 @@ def summary_table(result: dict):
     rows = []
     for r in result["summary"]:
         f = r["forgetting_bpc"]
-        rows.append({"strategy": r["strategy"], "before sleep, exact": fmt(r["before_sleep_exact"]),
+        rows.append({"variant": r["variant"], "before sleep, exact": fmt(r["before_sleep_exact"]),
                      "retention, exact": fmt(r["retention_exact"]), "retention, log2p": fmt(r["retention_log2p"], 2),
                      "not yet slept on, log2p": fmt(r["unseen_log2p"], 2),
                      "BWT, log2p": fmt(r["bwt_log2p"], 2),
@@ -358,7 +391,7 @@ def verdict_lines(result: dict) -> list[str]:
     lines = []
     for r in result["summary"]:
         ret, f = r["retention_log2p"], r["forgetting_bpc"]
-        line = (f"**{r['strategy']}**: {r['retention_exact']['mean']:.0%} of facts recalled exactly after their own "
+        line = (f"**{r['variant']}**: {r['retention_exact']['mean']:.0%} of facts recalled exactly after their own "
                 f"sleep, log2 p {ret['mean']:.2f} bits per answer token")
         vs = r.get("retention_vs_none_log2p")
         if vs and r["strategy"] != "none":
@@ -393,7 +426,8 @@ def main(argv=None) -> None:
     parser.add_argument("--days", type=int, default=0, help="days in a row (0: the preset's)")
     parser.add_argument("--facts-per-day", type=int, default=0, help="0: the preset's")
     parser.add_argument("--steps", type=int, default=-1, help="optimizer steps per night (-1: the preset's)")
-    parser.add_argument("--lr", type=float, default=0.0, help="learning rate of a night (0: the preset's)")
+    parser.add_argument("--lrs", default="", help="comma-separated learning rates of a night, each a point on the "
+                                                   f"frontier (empty: the preset's: {PRESET_LRS})")
     parser.add_argument("--dream-source", default="", choices=("", "generated", "train"),
                         help="dreams: the model's own samples or training text (empty: the preset's)")
     parser.add_argument("--force", action="store_true", help="redo nights already in slept/")
@@ -401,10 +435,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or None
     try:
-        day_cfg, sleep_cfg, eval_cfg = configured(args.preset, args.days, args.facts_per_day, args.steps, args.lr,
-                                                  args.dream_source)
+        day_cfg, sleep_cfg, eval_cfg = configured(args.preset, args.days, args.facts_per_day, args.steps,
+                                                  dream_source=args.dream_source)
+        lrs = [float(x) for x in args.lrs.split(",") if x.strip()] or preset_lrs(args.preset)
         result = run_experiment(args.arm, args.preset, [s.strip() for s in args.strategies.split(",") if s.strip()],
-                                seeds, day_cfg, sleep_cfg, eval_cfg, force=args.force, progress=not args.no_progress)
+                                seeds, day_cfg, sleep_cfg, eval_cfg, force=args.force, progress=not args.no_progress,
+                                lrs=lrs)
     except SleepError as e:
         sys.exit(f"error: {e}")
     print(summary_table(result).to_string(index=False))

@@ -10,6 +10,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 COLOURS = {"none": "#7f7f7f", "text": "#1f77b4", "ltm": "#d62728", "text+dreams": "#17becf", "ltm+dreams": "#ff7f0e"}
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "x")
+DASHES = ("solid", "dash", "dot", "dashdot")
 METRIC_LABEL = {"exact": "exact recall (share of facts)", "log2p": "answer log2 p (bits per token; higher is better)"}
 
 
@@ -17,7 +19,13 @@ def _subtitle(result: dict) -> str:
     s = result["sleep_config"]
     return (f"{result['arm']} at {result['preset']} ({result['data']}, {result['tokenizer']}, {result['device']}, "
             f"{result['dtype']}), seeds {', '.join(map(str, result['seeds']))}; {len(result['days'])} days; "
-            f"a night = {s['steps']} steps at lr {s['lr']:g}, dreams: {s['dream_source']}")
+            f"a night = {s['steps']} steps at lr {', '.join(f'{x:g}' for x in result.get('lrs', [s['lr']]))}, "
+            f"dreams: {s['dream_source']}")
+
+
+def _lr_index(result: dict, lr: float) -> int:
+    lrs = result.get("lrs") or [lr]
+    return lrs.index(lr) if lr in lrs else 0
 
 
 def _bar(stat: dict, value: float) -> tuple[float, float]:
@@ -26,16 +34,24 @@ def _bar(stat: dict, value: float) -> tuple[float, float]:
 
 
 def frontier_figure(result: dict, metric: str = "log2p") -> go.Figure:
-    """Each strategy at (forgetting, retention): general BPC after the last sleep minus before any (x; left is
-    better), and recall of each day's facts right after its own sleep (y; up is better)."""
+    """Each variant at (forgetting, retention): general BPC after the last sleep minus before any (x; left is
+    better), and recall of each day's facts right after its own sleep (y; up is better). A strategy's learning
+    rates are joined by a line: its own trade-off."""
     fig = go.Figure()
+    for strategy in result["strategies"]:
+        rows = sorted((r for r in result["summary"] if r["strategy"] == strategy), key=lambda r: r["lr"])
+        if len(rows) > 1:
+            fig.add_trace(go.Scatter(x=[r["forgetting_bpc"]["diff"] for r in rows],
+                                     y=[r[f"retention_{metric}"]["mean"] for r in rows], mode="lines",
+                                     line=dict(color=COLOURS.get(strategy), width=1), hoverinfo="skip"))
     for row in result["summary"]:
         f, r = row["forgetting_bpc"], row[f"retention_{metric}"]
         x_plus, x_minus = _bar({"ci95": f["ci95"]}, f["diff"])
         y_plus, y_minus = _bar(r, r["mean"])
         fig.add_trace(go.Scatter(
-            x=[f["diff"]], y=[r["mean"]], mode="markers+text", text=[row["strategy"]], textposition="top center",
-            name=row["strategy"], marker=dict(size=12, color=COLOURS.get(row["strategy"])),
+            x=[f["diff"]], y=[r["mean"]], mode="markers+text", text=[row["variant"]], textposition="top center",
+            name=row["variant"], marker=dict(size=12, color=COLOURS.get(row["strategy"]),
+                                             symbol=SYMBOLS[_lr_index(result, row["lr"]) % len(SYMBOLS)]),
             error_x=dict(type="data", symmetric=False, array=[x_plus], arrayminus=[x_minus]),
             error_y=dict(type="data", symmetric=False, array=[y_plus], arrayminus=[y_minus])))
     fig.add_vline(x=0, line_dash="dot", line_color="#999")
@@ -52,12 +68,12 @@ def retention_figure(result: dict, metric: str = "log2p") -> go.Figure:
                                                         "general BPC (held-out documents)"))
     x = ["before sleep"] + [f"after sleep {k}" for k in range(1, n + 1)]
     for row in result["summary"]:
-        colour = COLOURS.get(row["strategy"])
+        colour, dash = COLOURS.get(row["strategy"]), DASHES[_lr_index(result, row["lr"]) % len(DASHES)]
         for col, series in ((1, row[f"day1_curve_{metric}"]), (2, row["general_bpc"])):
             y = [s["mean"] for s in series]
             bars = [_bar(s, v) for s, v in zip(series, y)]
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=row["strategy"], legendgroup=row["strategy"],
-                                     showlegend=col == 1, line=dict(color=colour),
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=row["variant"], legendgroup=row["variant"],
+                                     showlegend=col == 1, line=dict(color=colour, dash=dash),
                                      error_y=dict(type="data", symmetric=False, array=[b[0] for b in bars],
                                                   arrayminus=[b[1] for b in bars])), row=1, col=col)
     fig.update_layout(title=f"Retention over days<br><sup>{_subtitle(result)}</sup>", height=460)
