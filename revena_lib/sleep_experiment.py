@@ -378,6 +378,8 @@ def summary_table(result: dict):
                      "BWT, log2p": fmt(r["bwt_log2p"], 2),
                      "forgetting, BPC": f"{f['diff']:+.4f} [{f['ci95'][0]:+.4f}, {f['ci95'][1]:+.4f}]",
                      "general BPC": FORGETTING_WORDS[f["verdict"]],
+                     "day's BPC, awake -> after its sleep": " ".join(
+                         f"{b['mean']:.2f}->{c['mean']:.2f}" for b, c in zip(r["day_bpc_before"], r["day_bpc_after"])),
                      "steps/night": int(r["steps_per_night"]), "s/night": round(r["seconds_per_night"], 1)})
     return pd.DataFrame(rows)
 
