@@ -194,22 +194,40 @@ def make_days(split, cfg: DayConfig, window: int = 128, tokenizer=None) -> list[
     return days
 
 
+def _token_index(tokens: list[int], byte_pos: int, tokenizer) -> int:
+    """Index in ``tokens`` (which open with the end-of-text token) of the token holding byte ``byte_pos`` of the
+    text after it."""
+    total = 0
+    for i, t in enumerate(tokens[1:], 1):
+        total += len(tokenizer.decode_bytes([t]))
+        if total > byte_pos:
+            return i
+    return len(tokens)
+
+
 def day_from_texts(texts: list[str], facts: list[tuple[str, str]], tokenizer, index: int = 1) -> Day:
     """A day of your own: documents as text, facts as (cue, answer) pairs whose ``cue + answer`` appears verbatim in
-    one of the texts (e.g. ("The boiler room code is", " 7731") for "... The boiler room code is 7731. ...")."""
+    one of the texts (e.g. ("The boiler room code is", " 7731") for "... The boiler room code is 7731. ...").
+    The question is asked as the cue after a space, as the statement reads mid-text; whitespace at the end of a cue
+    belongs to the answer."""
     documents = [[tokenizer.eot_token] + tokenizer.encode_ordinary(t) for t in texts]
     made = []
     for cue, answer in facts:
         statement = cue + answer
         where = [j for j, t in enumerate(texts) if statement in t]
-        if not where:
-            raise SleepError(f"fact {statement!r} does not appear in any of the day's texts: a fact is only usable if "
-                             "its cue and answer were read (check spacing: the answer usually starts with a space)")
+        if not where or not answer.strip() or not cue.strip():
+            raise SleepError(f"fact {statement!r} does not appear in any of the day's texts (or its cue or answer is "
+                             "empty): a fact is only usable if its cue and answer were read (check spacing: the "
+                             "answer usually starts with a space)")
         j = where[0]
-        before = texts[j][:texts[j].index(statement)]
-        start = 1 + len(tokenizer.encode_ordinary(before))
-        made.append(Fact(cue=cue.strip(), answer=answer, day=index, document=j, start=start,
-                         end=start + len(tokenizer.encode_ordinary(statement))))
+        at = texts[j].index(statement)
+        stripped = cue.rstrip()
+        cue, answer = stripped.strip(), cue[len(stripped):] + answer
+        first = len(texts[j][:at + len(stripped) - len(stripped.lstrip())].encode())
+        last = len(texts[j][:at + len(statement)].encode()) - 1
+        made.append(Fact(cue=cue, answer=answer, day=index, document=j,
+                         start=_token_index(documents[j], first, tokenizer),
+                         end=_token_index(documents[j], last, tokenizer) + 1))
     return Day(index, documents, made, [-1] * len(texts))
 
 

@@ -142,6 +142,11 @@ def test_a_fact_is_recalled_closed_book_only_after_sleeping_on_it(env, tmp_path)
 
 def test_day_from_texts_refuses_a_fact_that_is_not_in_the_text(env):
     enc = run_of(env).tokenizer
+    day = day_from_texts(["First a sentence.", "Notes. The boiler room code is 7731. Done."],
+                         [("The boiler room code is ", "7731")], enc)
+    f = day.facts[0]
+    assert (f.cue, f.answer, f.document) == ("The boiler room code is", " 7731", 1)
+    assert enc.decode(day.documents[1][f.start:f.end]).strip() == "The boiler room code is 7731"
     with pytest.raises(SleepError, match="does not appear"):
         day_from_texts(["The code is 1."], [("The code is", " 2")], enc)
 
