@@ -91,6 +91,9 @@ class SleepConfig:
             raise SleepError("steps and lr must be >= 0, batch_size >= 1, seq_len >= 8, ltm_context >= 0 "
                              f"(got steps={self.steps}, lr={self.lr}, batch_size={self.batch_size}, "
                              f"seq_len={self.seq_len}, ltm_context={self.ltm_context})")
+        if self.ltm_context >= self.seq_len:
+            raise SleepError(f"ltm_context ({self.ltm_context}) must be shorter than seq_len ({self.seq_len}): "
+                             "a replayed row holds the context and the tokens it cues")
         if not 0.0 <= self.dream_share < 1.0:
             raise SleepError(f"dream_share must lie in [0, 1) (got {self.dream_share})")
 
