@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
+from revena_lib.models.memory_read import soft_read
 from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
@@ -351,15 +352,20 @@ class LongTermMemory:
         chunk writes after its read.
         """
         s, d = self.capacity, self.head_dim
+        if soft_width > 0:   # memory_read.py. Slots fill in order 0, 1, ...: only the first max-occupancy ones
+            # can hold an entry (read on a CPU; on a GPU that count would stall the queue once per chunk)
+            n = int(self.occupancy().max()) if self.kv.device.type == "cpu" else s
+            if n == 0:       # nothing written yet (a stream's first chunk): the relaxed read is exactly zero too
+                B, _, L, _ = unit_queries.shape
+                return torch.zeros_like(unit_queries), torch.zeros(B, L, dtype=torch.bool, device=self.kv.device), None
+            out, hit_any = soft_read(unit_queries, self.kv[:, :, :n], self.positions[:, :n] >= 0, threshold,
+                                     temperature, soft_width)
+            return out, hit_any, None
         keys, values = self.kv[:, :, :s, :d], self.kv[:, :, :s, d:]           # drop the trash slot
         positions = self.positions[:, :s]                                     # (B, S)
         cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
         valid = (positions >= 0)[:, None, None, :]
         hit = (cos > threshold) & valid
-        if soft_width > 0:
-            out = self._soft_read(cos, values, valid, threshold, temperature, soft_width)
-            hit_any = hit.any(dim=1).any(dim=-1)
-            return out, hit_any, None
         # softmax over the hits only: shift by the (detached) best hit score; exp(-inf) = 0 elsewhere, so a query
         # without hits gets all-zero weights (and zero, finite gradients) instead of NaN
         scores = (cos / temperature).masked_fill(~hit, -torch.inf)
@@ -382,18 +388,6 @@ class LongTermMemory:
                 top_cos = F.pad(top_cos, (0, TOP_HITS - k), value=0.0)
             trace = (hit_entry.sum(-1), top_pos, top_cos)
         return out, hit_any, trace
-
-
-    @staticmethod
-    def _soft_read(cos, values, valid, threshold: float, temperature: float, width: float) -> torch.Tensor:
-        """The relaxed read (see ``read``): cos (B, H, L, S), values (B, H, S, D) -> (B, H, L, D)."""
-        hitness = torch.sigmoid((cos - threshold) / width) * valid                     # (B, H, L, S) in [0, 1)
-        scores = (cos / temperature).masked_fill(~valid, -torch.inf)
-        shift = scores.detach().amax(-1, keepdim=True).clamp(min=-1e4)
-        weights = hitness * torch.exp(scores - shift)
-        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
-        any_hit = 1.0 - torch.exp(torch.log1p(-hitness.clamp(max=1 - 1e-6)).sum(-1, keepdim=True))   # (B, H, L, 1)
-        return any_hit * (weights @ values)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -502,20 +496,25 @@ class RevenaLM(nn.Module):
         n_targets = torch.zeros((), device=device)
         need_logits = introspect or targets is None or not self.training or state is not None
         head_grad_w = weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None   # (V, C)
+        # the chunks of the per-token tensors, cut by one split each: a slice per chunk would give each chunk a
+        # full-size zero gradient in the backward, and then as many full-size sums; a split's backward is one cat
+        x_parts, y_parts = x.split(c, dim=1), y_stm.split(c, dim=2)
+        q_parts, kv_parts = (unit_q.split(c, dim=2), kv.split(c, dim=2)) if use_ltm else (None, None)
 
         for ci in range(n_chunks):
             s, e = ci * c, min((ci + 1) * c, T)
-            y = y_stm[:, :, s:e]                                                     # (B, H, l, D)
+            cut = (lambda t, dim: t) if e - s == c else (lambda t, dim: t.narrow(dim, 0, e - s))   # the last chunk
+            y = cut(y_parts[ci], 2)                                                  # (B, H, l, D)
             if use_ltm and memory_read:
                 with torch.autocast(device_type=device.type, enabled=False):
-                    read, hit_any, tr = memory.read(unit_q[:, :, s:e], cfg.ltm_similarity_threshold,
+                    read, hit_any, tr = memory.read(cut(q_parts[ci], 2), cfg.ltm_similarity_threshold,
                                                     cfg.ltm_score_temperature, introspect and not soft,
                                                     cfg.ltm_soft_width if soft else 0.0)
                     y = (y.float() + gate * read).to(y.dtype)   # no hit: read is exactly 0
                 hit_all[:, s:e] = hit_any
                 if introspect:
                     hit_count[:, s:e], top_pos[:, s:e], top_cos[:, s:e] = tr
-            xc = x[:, s:e] + mem_block.attn.merge(y)
+            xc = cut(x_parts[ci], 1) + mem_block.attn.merge(y)
             xc = xc + mem_block.mlp(mem_block.ln_2(xc))
             for j, block in enumerate(upper):
                 xc, caches[j] = block.forward_chunk(xc, cos[s:e], sin[s:e], masks[ci, :e - s, :p * c + e - s], caches[j])
@@ -537,7 +536,7 @@ class RevenaLM(nn.Module):
             if use_ltm:
                 routed = write_mask(surprisal[:, s:e], positions[:, s:e], cfg)
                 routed_all[:, s:e] = routed
-                ev = memory.write(routed, kv[:, :, s:e], positions[:, s:e])
+                ev = memory.write(routed, cut(kv_parts[ci], 2), positions[:, s:e])
                 if introspect:
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
