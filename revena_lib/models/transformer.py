@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
-from revena_lib.models.memory_read import soft_read
+from revena_lib.models.memory_read import EXP_FLOOR, soft_read
 from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
@@ -351,39 +351,38 @@ class LongTermMemory:
         (hit_count, top positions, top cosines) or None). Entries only come from earlier chunks, because a
         chunk writes after its read.
         """
-        s, d = self.capacity, self.head_dim
-        if soft_width > 0:   # memory_read.py. Slots fill in order 0, 1, ...: only the first max-occupancy ones
-            # can hold an entry (read on a CPU; on a GPU that count would stall the queue once per chunk)
-            n = int(self.occupancy().max()) if self.kv.device.type == "cpu" else s
-            if n == 0:       # nothing written yet (a stream's first chunk): the relaxed read is exactly zero too
-                B, _, L, _ = unit_queries.shape
-                return torch.zeros_like(unit_queries), torch.zeros(B, L, dtype=torch.bool, device=self.kv.device), None
-            out, hit_any = soft_read(unit_queries, self.kv[:, :, :n], self.positions[:, :n] >= 0, threshold,
-                                     temperature, soft_width)
+        d = self.head_dim
+        # Slots fill in order 0, 1, ...: only the first max-occupancy ones can hold an entry (counted on a CPU; on
+        # a GPU that count would stall the queue once per chunk, so every slot is read there). At least one slot
+        # is read, so an empty memory takes the same path (and reads exactly zero).
+        n = max(int(self.occupancy().max()), 1) if self.kv.device.type == "cpu" else self.capacity
+        positions = self.positions[:, :n]                                     # (B, n); the trash slot is never read
+        if soft_width > 0:   # memory_read.py
+            out, hit_any = soft_read(unit_queries, self.kv[:, :, :n], positions >= 0, threshold, temperature, soft_width)
             return out, hit_any, None
-        keys, values = self.kv[:, :, :s, :d], self.kv[:, :, :s, d:]           # drop the trash slot
-        positions = self.positions[:, :s]                                     # (B, S)
-        cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
+        keys, values = self.kv[:, :, :n, :d], self.kv[:, :, :n, d:]
+        cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, n)
         valid = (positions >= 0)[:, None, None, :]
         hit = (cos > threshold) & valid
-        # softmax over the hits only: shift by the (detached) best hit score; exp(-inf) = 0 elsewhere, so a query
-        # without hits gets all-zero weights (and zero, finite gradients) instead of NaN
-        scores = (cos / temperature).masked_fill(~hit, -torch.inf)
-        shift = scores.detach().amax(-1, keepdim=True).clamp(min=-1e4)     # -inf (no hit) -> finite
-        weights = torch.exp(scores - shift)
+        # softmax over the hits only, shifted by the best hit (detached; -2 < any cosine when there is none). exp's
+        # argument is kept in [EXP_FLOOR, 0] (torch's CPU exp is several times slower on lanes that underflow, as
+        # exp(-inf) does) and non-hits are zeroed after it: a query without hits gets all-zero weights and zero,
+        # finite gradients
+        best = torch.where(hit, cos, -2.0).detach().amax(-1, keepdim=True)  # (B, H, L, 1)
+        weights = torch.where(hit, ((cos - best) / temperature).clamp(EXP_FLOOR, 0.0).exp(), 0.0)
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
         out = weights @ values                                               # (B, H, L, D)
-        hit_entry = hit.any(dim=1)                                           # (B, L, S) hit by any head
+        hit_entry = hit.any(dim=1)                                           # (B, L, n) hit by any head
         hit_any = hit_entry.any(dim=-1)                                      # (B, L)
         trace = None
         if want_trace:
-            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, S) max over heads
-            k = min(TOP_HITS, s)
+            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, n) max over heads
+            k = min(TOP_HITS, n)
             top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
             found = torch.isfinite(top_cos)
             top_pos = torch.where(found, positions.gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
             top_cos = torch.where(found, top_cos, 0.0)
-            if k < TOP_HITS:   # capacity below K: pad so the trace always has K columns
+            if k < TOP_HITS:   # fewer slots than K: pad so the trace always has K columns
                 top_pos = F.pad(top_pos, (0, TOP_HITS - k), value=-1)
                 top_cos = F.pad(top_cos, (0, TOP_HITS - k), value=0.0)
             trace = (hit_entry.sum(-1), top_pos, top_cos)
