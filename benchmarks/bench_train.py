@@ -3,9 +3,11 @@ against this machine's matmul peak.
 
 Times full optimizer steps (forward, backward, clip, AdamW) on the preset's real batches (random tokens
 if no data is prepared), after warm-up, for the baseline, the baseline with the output layer it had before the
-fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm and
-a plain GPT of the same size in one run, their steps interleaved, then the same models' evaluation forward
-(no grad: what evaluate.py calls, logits included), then the peak of a large square matmul. The plain GPT is
+fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm, the
+LTM arm with the relaxed memory read it had before memory_read.py (``with_ltm_plain_read``: the plain formula,
+autograd's backward) and a plain GPT of the same size in one run, their steps interleaved, then the same models'
+evaluation forward (no grad: what evaluate.py calls, logits included), then the peak of a large square matmul.
+The plain GPT is
 written here as a typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full
 (B, T, V) logits, F.cross_entropy, fp32. Model FLOPs per token, stated explicitly:
     6 * N_params                         (forward + backward of every weight; the tied embedding counted once,
@@ -38,6 +40,7 @@ from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
 from revena_lib.models import build_model, transformer
+from revena_lib.models.memory_read import soft_read_reference
 from revena_lib.train import batch_for_step, make_optimizer
 
 
@@ -84,7 +87,7 @@ class PlainGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
 
 
-ARMS = ("baseline", "baseline_unfused", "with_ltm", "plain_gpt")
+ARMS = ("baseline", "baseline_unfused", "with_ltm", "with_ltm_plain_read", "plain_gpt")
 
 
 def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
@@ -96,6 +99,26 @@ def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
     tgt = targets if targets is not None else torch.full_like(nxt, -1)
     nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]                 # (B, l)
     return logits, torch.where(tgt >= 0, nll, 0.0).sum(), (tgt >= 0).sum(), bits
+
+
+def plain_soft_read(unit_q, kv, occupied, threshold, temperature, width):
+    """The LTM's relaxed training read before memory_read.py: the plain formula, its backward left to autograd."""
+    D = unit_q.shape[-1]
+    cos = unit_q @ kv[..., :D].transpose(-1, -2)                                # (B, H, L, S)
+    valid = occupied[:, None, None, :]
+    out = soft_read_reference(cos, kv[..., D:], valid, threshold, temperature, width)
+    return out, ((cos > threshold) & valid).any(dim=1).any(dim=-1)
+
+
+@contextlib.contextmanager
+def plain_read():
+    """RevenaLM's forward with the plain soft read, for this block only."""
+    fused = transformer.soft_read
+    transformer.soft_read = plain_soft_read
+    try:
+        yield
+    finally:
+        transformer.soft_read = fused
 
 
 @contextlib.contextmanager
@@ -120,13 +143,14 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         model, dtype = PlainGPT(m.vocab_size, m.n_layer, m.n_head, m.n_embd, cfg.seq_len).to(device).train(), None
         loss_of = lambda x, y: model(x, y)
         eval_of = loss_of                                       # full logits and their cross-entropy
-        head = contextlib.nullcontext
+        variant = contextlib.nullcontext
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     else:
-        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused")).model
+        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused").removesuffix("_plain_read")).model
         model_cfg = dataclasses.replace(arm_cfg, vocab_size=preset.model.vocab_size, **(overrides or {}))
         model = build_model(model_cfg).to(device).train()
-        head = unfused_head if arm.endswith("_unfused") else contextlib.nullcontext
+        variant = (unfused_head if arm.endswith("_unfused") else plain_read if arm.endswith("_plain_read")
+                   else contextlib.nullcontext)   # the forward of an earlier implementation
         loss_of = lambda x, y: model(x, y).loss
         eval_of = lambda x, y: model(x)                         # logits and surprisal, as evaluate.py calls it
         optimizer = make_optimizer(model, cfg, device)
@@ -142,7 +166,7 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
     def step(i: int) -> float:
         x, y = batch(i)
         start = time.perf_counter()
-        with autocast(device, dtype), head():
+        with autocast(device, dtype), variant():
             loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -156,7 +180,7 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         x, y = batch(i)
         model.eval()
         start = time.perf_counter()
-        with torch.inference_mode(), autocast(device, dtype), head():
+        with torch.inference_mode(), autocast(device, dtype), variant():
             eval_of(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -247,8 +271,13 @@ def main(argv=None) -> None:
     fused = results["baseline"]["tok_per_sec"] / results["baseline_unfused"]["tok_per_sec"]
     print(f"throughput ratio baseline (fused head) / baseline_unfused: {fused:.2f} training, "
           f"{results['baseline']['eval_tok_per_sec'] / results['baseline_unfused']['eval_tok_per_sec']:.2f} eval")
-    ratio = results["with_ltm"]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
-    print(f"throughput ratio with_ltm / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x)")
+    read = results["with_ltm"]["tok_per_sec"] / results["with_ltm_plain_read"]["tok_per_sec"]
+    print(f"throughput ratio with_ltm (fused read) / with_ltm_plain_read: {read:.2f} training")
+    for arm in ("with_ltm", "with_ltm_plain_read"):
+        ratio = results[arm]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
+        eval_ratio = results[arm]["eval_tok_per_sec"] / results["baseline"]["eval_tok_per_sec"]
+        print(f"throughput ratio {arm} / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x), "
+              f"eval {eval_ratio:.2f} ({1 / eval_ratio:.2f}x)")
     for arm in ("baseline", "with_ltm"):
         print(f"throughput ratio {arm} / plain GPT: {results[arm]['tok_per_sec'] / results['plain_gpt']['tok_per_sec']:.2f}")
 
