@@ -260,10 +260,10 @@ def main(argv=None) -> None:
     print(f"matmul peak ({dtype_name(dtype)}, 2048^3): {peak / 1e9:,.1f} GFLOP/s; "
           f"load average {load_before:.2f} before, {load_after:.2f} after")
     print("model FLOPs/token = 6 * N_params + 12 * n_layer * n_embd * window")
-    print(f"{'arm':<16} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7} "
+    print(f"{'arm':<20} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7} "
           f"{'eval tok/s':>11}")
     for arm, r in results.items():
-        print(f"{arm:<16} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
+        print(f"{arm:<20} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
               f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
               f"{r['model_flops_per_sec'] / peak:>7.1%} {r['eval_tok_per_sec']:>11,.0f}")
     print("eval tok/s: forward only, no grad, eval mode, the same batches (RevenaLM: logits and surprisal, as "
