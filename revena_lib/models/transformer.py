@@ -362,20 +362,21 @@ class LongTermMemory:
             return out, hit_any, None
         keys, values = self.kv[:, :, :n, :d], self.kv[:, :, :n, d:]
         cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, n)
-        valid = (positions >= 0)[:, None, None, :]
-        hit = (cos > threshold) & valid
-        # softmax over the hits only, shifted by the best hit (detached; -2 < any cosine when there is none). exp's
-        # argument is kept in [EXP_FLOOR, 0] (torch's CPU exp is several times slower on lanes that underflow, as
-        # exp(-inf) does) and non-hits are zeroed after it: a query without hits gets all-zero weights and zero,
-        # finite gradients
-        best = torch.where(hit, cos, -2.0).detach().amax(-1, keepdim=True)  # (B, H, L, 1)
-        weights = torch.where(hit, ((cos - best) / temperature).clamp(EXP_FLOOR, 0.0).exp(), 0.0)
-        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
-        out = weights @ values                                               # (B, H, L, D)
-        hit_entry = hit.any(dim=1)                                           # (B, L, n) hit by any head
-        hit_any = hit_entry.any(dim=-1)                                      # (B, L)
+        hit = cos > threshold
+        if threshold < 0:    # an empty slot's key is zero (cosine 0): it can pass a negative cut
+            hit &= (positions >= 0)[:, None, None, :]
+        # softmax over the hits only, normalised on the narrow side (r = (weights @ V) / sum weights). The shift is
+        # the best cosine (detached): the best hit whenever there is one, since every non-hit lies below the cut.
+        # exp's argument is kept in [EXP_FLOOR, 0] (torch's CPU exp is several times slower on lanes that
+        # underflow, as exp(-inf) does) and non-hits are zeroed after it: a query without hits gets all-zero
+        # weights and zero, finite gradients
+        best = cos.detach().amax(-1, keepdim=True)                          # (B, H, L, 1)
+        weights = torch.where(hit, torch.sub(cos, best).mul_(1.0 / temperature).clamp_(EXP_FLOOR, 0.0).exp_(), 0.0)
+        out = (weights @ values) / weights.sum(-1, keepdim=True).clamp(min=1e-30)   # (B, H, L, D)
+        hit_any = (best[..., 0] > threshold).any(dim=1) if threshold >= 0 else hit.any(dim=-1).any(dim=1)   # (B, L)
         trace = None
         if want_trace:
+            hit_entry = hit.any(dim=1)                                       # (B, L, n) hit by any head
             best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, n) max over heads
             k = min(TOP_HITS, n)
             top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
