@@ -192,15 +192,15 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
 
 
 def time_arms(preset, split, steps: int, warmup: int, device, dtype) -> dict:
-    """Every arm, their steps interleaved (baseline, unfused, LTM, plain, baseline, ...) so a busy machine slows
-    all alike; then their evaluation forwards, interleaved the same way."""
+    """Every arm, their steps interleaved (baseline, unfused, LTM, ..., plain, then the next step with the next arm
+    first) so a busy machine slows all alike; then their evaluation forwards, interleaved the same way."""
     arms = {arm: make_stepper(preset, arm, split, device, dtype) for arm in ARMS}
     seconds = {arm: [] for arm in arms}
     eval_seconds = {arm: [] for arm in arms}
     for phase, times in ((1, seconds), (2, eval_seconds)):
         for i in range(warmup + steps):
-            for arm, stepper in arms.items():
-                elapsed = stepper[phase](i)
+            for arm in ARMS[i % len(ARMS):] + ARMS[:i % len(ARMS)]:   # rotate who goes first
+                elapsed = arms[arm][phase](i)
                 if i >= warmup:
                     times[arm].append(elapsed)
     tokens = preset.train.batch_size * preset.train.seq_len
