@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
 from revena_lib.models import transformer
-from revena_lib.models.memory_read import soft_read, soft_read_reference
+from revena_lib.models.memory_read import soft_read, soft_read_reference, unit
 from revena_lib.models.transformer import RevenaLM
 
 THRESHOLD, TEMPERATURE, WIDTH = 0.8, 0.1, 0.05      # the brief's cut and temperature, the default soft width
@@ -76,6 +76,21 @@ def test_fused_read_passes_gradcheck_in_float64():
     occupied = torch.tensor([[True] * 5 + [False]])
     fn = lambda qq, kk: soft_read(qq, kk, occupied, 0.5, 0.5, 0.3)[0]   # a wide cut keeps finite differences sane
     assert torch.autograd.gradcheck(fn, (q.requires_grad_(), kv.requires_grad_()), eps=1e-6, atol=1e-6)
+
+
+def test_unit_equals_f_normalize_with_its_gradient():
+    x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x[0, 0, 0] = 0.0                                      # a zero vector: clamped norm, gradient g / eps
+    g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    grads = []
+    for fn in (unit, lambda t: F.normalize(t, dim=-1)):
+        xx = x.clone().requires_grad_()
+        y = fn(xx)
+        (y * g).sum().backward()
+        grads.append((y.detach(), xx.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    assert torch.autograd.gradcheck(unit, (x[1:].clone().requires_grad_(),))
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
-from revena_lib.models.memory_read import EXP_FLOOR, soft_read
+from revena_lib.models.memory_read import EXP_FLOOR, soft_read, unit
 from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
@@ -474,8 +474,8 @@ class RevenaLM(nn.Module):
         if use_ltm:
             memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device) if state is None else state.memory.copy()
             with torch.autocast(device_type=device.type, enabled=False):
-                unit_q = F.normalize(q_raw.float(), dim=-1)                          # (B, H, Tp, D)
-                kv = torch.cat([F.normalize(k_raw.float(), dim=-1), v_raw.float()], dim=-1)   # (B, H, Tp, 2D)
+                unit_q = unit(q_raw.float())                                         # (B, H, Tp, D)
+                kv = torch.cat([unit(k_raw.float()), v_raw.float()], dim=-1)       # (B, H, Tp, 2D)
                 if not soft:   # the brief's memory is not differentiable; the soft training read keeps keys' gradient
                     kv = kv.detach()
             gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
