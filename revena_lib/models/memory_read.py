@@ -1,12 +1,15 @@
-"""The LTM's relaxed training read (``ltm_soft_width`` > 0) as one autograd function with a hand-written backward.
+"""The LTM's relaxed training read (``ltm_soft_width`` > 0) as one autograd function with a hand-written backward,
+and the unit vectors it compares (``unit``).
 
-The read runs once per chunk over (B, H, chunk, capacity) cosines. Written as plain tensor code, autograd makes
-some twenty elementwise passes over that array forward and forty backward (sigmoid, masked softmax, log1p of the
-complement, their products and sums), and at the ``cpu`` preset that was most of the LTM arm's step-time overhead.
-Here the same function takes about a third of the passes: the cosine cut is folded into the matmul (z = (cos -
-threshold) / width comes out of one baddbmm, empty slots as a very negative bias), the softmax weights are
-softmax(logsigmoid(z) + z * width / temperature) (the constant threshold / temperature cancels), and the backward
-reuses the saved weights and z. ``soft_read_reference`` is the plain formula it must equal (tests/test_model.py).
+The read runs once per chunk over (B, H, chunk, occupied slots) cosines. Written as plain tensor code, autograd
+makes some twenty elementwise passes over that array forward and forty backward (sigmoid, masked softmax, log1p of
+the complement, their products and sums), and at the ``cpu`` preset that was most of the LTM arm's step-time
+overhead. Here the same function takes about a third of the passes: the cut is folded into the matmul (z = (cos -
+threshold) / width comes out of one baddbmm, empty slots as a very negative bias), the weights are the softmax of
+log(sigmoid(z)) + z * width / temperature (the constant threshold / temperature cancels) computed as sigmoid(z) *
+exp(...) and normalised after the product with the values, and the backward reuses the saved terms.
+``soft_read_reference`` is the plain formula it must equal (tests/test_memory_read.py). Unlike it, P(any hit)
+comes from expm1, exact where the plain 1 - exp(...) rounds (P below about 1e-7).
 
     out, hit_any = soft_read(unit_q, kv, occupied, threshold, temperature, width)   # out (B, H, L, D)
 """
@@ -14,7 +17,6 @@ reuses the saved weights and z. ``soft_read_reference`` is the plain formula it 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 EMPTY = -1e4      # z of an empty slot: sigmoid gives exactly 0 (so does its weight), and no inf or NaN anywhere
 EXP_FLOOR = -80.0 # exp's arguments are kept above this: torch's CPU exp is 2-10x slower on lanes that underflow
@@ -39,10 +41,10 @@ class _SoftRead(torch.autograd.Function):
                           keys.reshape(B * H, S, D).transpose(1, 2)).view(B, H, L, S)   # (cos - cut) / width
         h = torch.sigmoid(z)                                                         # soft hit-ness
         z_max = z.amax(-1, keepdim=True)                                             # (B, H, L, 1)
-        # the softmax of log(h) + z * width / temperature, as u = h * exp(...) shifted by the best z (never all
-        # zero: that slot's h is at least sigmoid(-2 / width)), normalised on the narrow side: r = (u @ V) / sum u.
-        # A query with only empty slots has u = 0, r = 0. The floor only touches empty slots (h = 0) and entries
-        # weighing under e^-80 of the best one.
+        # the softmax of log(h) + z * width / temperature, as u = h * exp(...) shifted by the best z (whose u is
+        # sigmoid(z_max) > 0 when a slot is occupied), normalised on the narrow side: r = (u @ V) / sum u. A query
+        # with only empty slots has u = 0, r = 0. The floor only touches empty slots (h = 0) and entries weighing
+        # under e^-80 of the best one.
         c = width / temperature
         u = torch.add(z_max * -c, z, alpha=c).clamp_(min=EXP_FLOOR).exp_().mul_(h)   # (B, H, L, S)
         total = u.sum(-1, keepdim=True).clamp_(min=1e-30)                            # (B, H, L, 1)
