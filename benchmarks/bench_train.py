@@ -4,9 +4,10 @@ against this machine's matmul peak.
 Times full optimizer steps (forward, backward, clip, AdamW) on the preset's real batches (random tokens
 if no data is prepared), after warm-up, for the baseline, the baseline with the output layer it had before the
 fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm, the
-LTM arm with the relaxed memory read it had before memory_read.py (``with_ltm_plain_read``: the plain formula,
-autograd's backward) and a plain GPT of the same size in one run, their steps interleaved, then the same models'
-evaluation forward (no grad: what evaluate.py calls, logits included), then the peak of a large square matmul.
+LTM arm with the memory code it had before memory_read.py (``with_ltm_unfused``: the relaxed read as the plain
+formula with autograd's backward, F.normalize, a scatter write) and a plain GPT of the same size in one run, their
+steps interleaved, then the same models' evaluation forward (no grad: what evaluate.py calls, logits included),
+then the peak of a large square matmul.
 The plain GPT is
 written here as a typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full
 (B, T, V) logits, F.cross_entropy, fp32. Model FLOPs per token, stated explicitly:
@@ -87,7 +88,7 @@ class PlainGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
 
 
-ARMS = ("baseline", "baseline_unfused", "with_ltm", "with_ltm_plain_read", "plain_gpt")
+ARMS = ("baseline", "baseline_unfused", "with_ltm", "with_ltm_unfused", "plain_gpt")
 
 
 def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
@@ -110,15 +111,32 @@ def plain_soft_read(unit_q, kv, occupied, threshold, temperature, width):
     return out, ((cos > threshold) & valid).any(dim=1).any(dim=-1)
 
 
+def scatter_write(memory, routed, kv, positions):
+    """LongTermMemory.write before its index_copy: one scatter with the slot index expanded over heads and width."""
+    s = memory.capacity
+    order = routed.long().cumsum(dim=1)                                         # (B, L)
+    n_routed = order[:, -1:]
+    keep = routed & (order > (n_routed - s).clamp(min=0))
+    slot = torch.where(keep, (memory.written[:, None] + order - 1) % s, s)      # (B, L), s = trash slot
+    memory.kv = memory.kv.scatter(2, slot[:, None, :, None].expand_as(kv), kv)
+    memory.positions = memory.positions.scatter(1, slot, positions)
+    n = n_routed[:, 0]
+    evictions = (memory.occupancy() + n - s).clamp(min=0)
+    memory.written = memory.written + n
+    return evictions
+
+
 @contextlib.contextmanager
-def plain_read():
-    """RevenaLM's forward with the plain soft read, for this block only."""
-    fused = transformer.soft_read
-    transformer.soft_read = plain_soft_read
+def unfused_memory():
+    """RevenaLM's forward with the LTM code it had before memory_read.py (the plain relaxed read, F.normalize, a
+    scatter write), for this block only; the hard read and the per-chunk split stay as they are now."""
+    saved = transformer.soft_read, transformer.unit, transformer.LongTermMemory.write
+    transformer.soft_read, transformer.unit = plain_soft_read, lambda x: F.normalize(x, dim=-1)
+    transformer.LongTermMemory.write = scatter_write
     try:
         yield
     finally:
-        transformer.soft_read = fused
+        transformer.soft_read, transformer.unit, transformer.LongTermMemory.write = saved
 
 
 @contextlib.contextmanager
@@ -146,11 +164,12 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         variant = contextlib.nullcontext
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     else:
-        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused").removesuffix("_plain_read")).model
+        arm_cfg = arm_preset(preset, arm.removesuffix("_unfused")).model
         model_cfg = dataclasses.replace(arm_cfg, vocab_size=preset.model.vocab_size, **(overrides or {}))
         model = build_model(model_cfg).to(device).train()
-        variant = (unfused_head if arm.endswith("_unfused") else plain_read if arm.endswith("_plain_read")
-                   else contextlib.nullcontext)   # the forward of an earlier implementation
+        # "_unfused": the forward of an earlier implementation (the baseline's head, the LTM's memory code)
+        variant = ((unfused_memory if arm_cfg.use_ltm else unfused_head) if arm.endswith("_unfused")
+                   else contextlib.nullcontext)
         loss_of = lambda x, y: model(x, y).loss
         eval_of = lambda x, y: model(x)                         # logits and surprisal, as evaluate.py calls it
         optimizer = make_optimizer(model, cfg, device)
@@ -271,9 +290,9 @@ def main(argv=None) -> None:
     fused = results["baseline"]["tok_per_sec"] / results["baseline_unfused"]["tok_per_sec"]
     print(f"throughput ratio baseline (fused head) / baseline_unfused: {fused:.2f} training, "
           f"{results['baseline']['eval_tok_per_sec'] / results['baseline_unfused']['eval_tok_per_sec']:.2f} eval")
-    read = results["with_ltm"]["tok_per_sec"] / results["with_ltm_plain_read"]["tok_per_sec"]
-    print(f"throughput ratio with_ltm (fused read) / with_ltm_plain_read: {read:.2f} training")
-    for arm in ("with_ltm", "with_ltm_plain_read"):
+    read = results["with_ltm"]["tok_per_sec"] / results["with_ltm_unfused"]["tok_per_sec"]
+    print(f"throughput ratio with_ltm (fused memory code) / with_ltm_unfused: {read:.2f} training")
+    for arm in ("with_ltm", "with_ltm_unfused"):
         ratio = results[arm]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
         eval_ratio = results[arm]["eval_tok_per_sec"] / results["baseline"]["eval_tok_per_sec"]
         print(f"throughput ratio {arm} / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x), "
