@@ -370,7 +370,8 @@ class LongTermMemory:
         if threshold < 0:    # an empty slot's key is zero (cosine 0): it can pass a negative cut
             hit &= (positions >= 0)[:, None, None, :]
         # softmax over the hits only, normalised on the narrow side (r = (weights @ V) / sum weights). The shift is
-        # the best cosine (detached): the best hit whenever there is one, since every non-hit lies below the cut.
+        # the best cosine (detached): never below the best hit, and equal to it when there is one and the cut is
+        # >= 0 (every non-hit, empty slots included, lies at or below the cut).
         # exp's argument is kept in [EXP_FLOOR, 0] (torch's CPU exp is several times slower on lanes that
         # underflow, as exp(-inf) does) and non-hits are zeroed after it: a query without hits gets all-zero
         # weights and zero, finite gradients
