@@ -66,9 +66,9 @@ class _SoftRead(torch.autograd.Function):
         gr = g * (p / total)                                                         # d out / d r, over sum u
         d_values = u.transpose(-1, -2) @ gr                                          # (B, H, S, D)
         # softmax backward with w = u / total: d a = w * (d w - sum(w * d w)) = u * (e - sum(u * e) / total),
-        # e = d w / total = gr @ V^T
+        # e = d w / total = gr @ V^T, and sum_j u_j e_j = gr . (u @ V) = gr . r * total: no pass over (L, S) for it
         da = gr @ values.transpose(-1, -2)                                           # (B, H, L, S)
-        da.sub_((u * da).sum(-1, keepdim=True).div_(total)).mul_(u)
+        da.sub_((gr * r).sum(-1, keepdim=True)).mul_(u)
         # d a / d z = sigmoid(-z) + width / temperature, d p / d z = (1 - p) sigmoid(z), with h = sigmoid(z):
         # dz = da * (1 + width / temperature - h) + dp * (1 - p) * h
         dz = torch.rsub(h, 1.0 + width / temperature).mul_(da).addcmul_(h, dp * (1.0 - p))
