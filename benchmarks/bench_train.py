@@ -3,9 +3,12 @@ against this machine's matmul peak.
 
 Times full optimizer steps (forward, backward, clip, AdamW) on the preset's real batches (random tokens
 if no data is prepared), after warm-up, for the baseline, the baseline with the output layer it had before the
-fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm and
-a plain GPT of the same size in one run, their steps interleaved, then the same models' evaluation forward
-(no grad: what evaluate.py calls, logits included), then the peak of a large square matmul. The plain GPT is
+fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm, the
+LTM arm with the memory code it had before memory_read.py (``with_ltm_unfused``: the relaxed read as the plain
+formula with autograd's backward, F.normalize, a scatter write) and a plain GPT of the same size in one run, their
+steps interleaved, then the same models' evaluation forward (no grad: what evaluate.py calls, logits included),
+then the peak of a large square matmul.
+The plain GPT is
 written here as a typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full
 (B, T, V) logits, F.cross_entropy, fp32. Model FLOPs per token, stated explicitly:
     6 * N_params                         (forward + backward of every weight; the tied embedding counted once,
@@ -17,7 +20,10 @@ written here as a typical small-GPT trainer runs on a CPU: full causal attention
 
 On a CPU shared with other jobs, --threads 1 can be several times faster than torch's default (one thread per
 core): measured 2.0 s against 10.4 s per baseline step at cpu beside two one-thread training runs on 2 cores.
-torch.compile of the step was tried (cpu preset, baseline): 190 s to compile, no faster, so it is not here.
+torch.compile of the step was tried (cpu preset, baseline): 190 s to compile, no faster, so it is not here; nor of
+the LTM's relaxed read alone: 29 s to compile, then 7.8 ms against the eager memory_read.py function's 4.1 ms.
+Measured at cpu with --steps 11 --threads 1 --vocab-size 4096 under load (load average 2.5-4 on 2 cores): LTM step
+overhead 1.12-1.13x (with_ltm_unfused: 1.21-1.26x), evaluation 1.10-1.12x (1.14-1.15x); see the README.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
 from revena_lib.models import build_model, transformer
+from revena_lib.models.memory_read import soft_read_reference
 from revena_lib.train import batch_for_step, make_optimizer
 
 
@@ -84,7 +91,7 @@ class PlainGPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
 
 
-ARMS = ("baseline", "baseline_unfused", "with_ltm", "plain_gpt")
+ARMS = ("baseline", "baseline_unfused", "with_ltm", "with_ltm_unfused", "plain_gpt")
 
 
 def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
@@ -96,6 +103,43 @@ def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
     tgt = targets if targets is not None else torch.full_like(nxt, -1)
     nll = -logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]                 # (B, l)
     return logits, torch.where(tgt >= 0, nll, 0.0).sum(), (tgt >= 0).sum(), bits
+
+
+def plain_soft_read(unit_q, kv, occupied, threshold, temperature, width):
+    """The LTM's relaxed training read before memory_read.py: the plain formula, its backward left to autograd."""
+    D = unit_q.shape[-1]
+    cos = unit_q @ kv[..., :D].transpose(-1, -2)                                # (B, H, L, S)
+    valid = occupied[:, None, None, :]
+    out = soft_read_reference(cos, kv[..., D:], valid, threshold, temperature, width)
+    return out, ((cos > threshold) & valid).any(dim=1).any(dim=-1)
+
+
+def scatter_write(memory, routed, kv, positions):
+    """LongTermMemory.write before its index_copy: one scatter with the slot index expanded over heads and width."""
+    s = memory.capacity
+    order = routed.long().cumsum(dim=1)                                         # (B, L)
+    n_routed = order[:, -1:]
+    keep = routed & (order > (n_routed - s).clamp(min=0))
+    slot = torch.where(keep, (memory.written[:, None] + order - 1) % s, s)      # (B, L), s = trash slot
+    memory.kv = memory.kv.scatter(2, slot[:, None, :, None].expand_as(kv), kv)
+    memory.positions = memory.positions.scatter(1, slot, positions)
+    n = n_routed[:, 0]
+    evictions = (memory.occupancy() + n - s).clamp(min=0)
+    memory.written = memory.written + n
+    return evictions
+
+
+@contextlib.contextmanager
+def unfused_memory():
+    """RevenaLM's forward with the LTM code it had before memory_read.py (the plain relaxed read, F.normalize, a
+    scatter write), for this block only; the hard read and the per-chunk split stay as they are now."""
+    saved = transformer.soft_read, transformer.unit, transformer.LongTermMemory.write
+    transformer.soft_read, transformer.unit = plain_soft_read, lambda x: F.normalize(x, dim=-1)
+    transformer.LongTermMemory.write = scatter_write
+    try:
+        yield
+    finally:
+        transformer.soft_read, transformer.unit, transformer.LongTermMemory.write = saved
 
 
 @contextlib.contextmanager
@@ -120,13 +164,15 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         model, dtype = PlainGPT(m.vocab_size, m.n_layer, m.n_head, m.n_embd, cfg.seq_len).to(device).train(), None
         loss_of = lambda x, y: model(x, y)
         eval_of = loss_of                                       # full logits and their cross-entropy
-        head = contextlib.nullcontext
+        variant = contextlib.nullcontext
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     else:
         arm_cfg = arm_preset(preset, arm.removesuffix("_unfused")).model
         model_cfg = dataclasses.replace(arm_cfg, vocab_size=preset.model.vocab_size, **(overrides or {}))
         model = build_model(model_cfg).to(device).train()
-        head = unfused_head if arm.endswith("_unfused") else contextlib.nullcontext
+        # "_unfused": the forward of an earlier implementation (the baseline's head, the LTM's memory code)
+        variant = ((unfused_memory if arm_cfg.use_ltm else unfused_head) if arm.endswith("_unfused")
+                   else contextlib.nullcontext)
         loss_of = lambda x, y: model(x, y).loss
         eval_of = lambda x, y: model(x)                         # logits and surprisal, as evaluate.py calls it
         optimizer = make_optimizer(model, cfg, device)
@@ -142,7 +188,7 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
     def step(i: int) -> float:
         x, y = batch(i)
         start = time.perf_counter()
-        with autocast(device, dtype), head():
+        with autocast(device, dtype), variant():
             loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -156,7 +202,7 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         x, y = batch(i)
         model.eval()
         start = time.perf_counter()
-        with torch.inference_mode(), autocast(device, dtype), head():
+        with torch.inference_mode(), autocast(device, dtype), variant():
             eval_of(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -168,15 +214,15 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
 
 
 def time_arms(preset, split, steps: int, warmup: int, device, dtype) -> dict:
-    """Every arm, their steps interleaved (baseline, unfused, LTM, plain, baseline, ...) so a busy machine slows
-    all alike; then their evaluation forwards, interleaved the same way."""
+    """Every arm, their steps interleaved (baseline, unfused, LTM, ..., plain, then the next step with the next arm
+    first) so a busy machine slows all alike; then their evaluation forwards, interleaved the same way."""
     arms = {arm: make_stepper(preset, arm, split, device, dtype) for arm in ARMS}
     seconds = {arm: [] for arm in arms}
     eval_seconds = {arm: [] for arm in arms}
     for phase, times in ((1, seconds), (2, eval_seconds)):
         for i in range(warmup + steps):
-            for arm, stepper in arms.items():
-                elapsed = stepper[phase](i)
+            for arm in ARMS[i % len(ARMS):] + ARMS[:i % len(ARMS)]:   # rotate who goes first
+                elapsed = arms[arm][phase](i)
                 if i >= warmup:
                     times[arm].append(elapsed)
     tokens = preset.train.batch_size * preset.train.seq_len
@@ -236,10 +282,10 @@ def main(argv=None) -> None:
     print(f"matmul peak ({dtype_name(dtype)}, 2048^3): {peak / 1e9:,.1f} GFLOP/s; "
           f"load average {load_before:.2f} before, {load_after:.2f} after")
     print("model FLOPs/token = 6 * N_params + 12 * n_layer * n_embd * window")
-    print(f"{'arm':<16} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7} "
+    print(f"{'arm':<20} {'params':>12} {'s/step':>8} {'tok/s':>10} {'GFLOP/tok':>10} {'GFLOP/s':>9} {'MFU':>7} "
           f"{'eval tok/s':>11}")
     for arm, r in results.items():
-        print(f"{arm:<16} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
+        print(f"{arm:<20} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
               f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
               f"{r['model_flops_per_sec'] / peak:>7.1%} {r['eval_tok_per_sec']:>11,.0f}")
     print("eval tok/s: forward only, no grad, eval mode, the same batches (RevenaLM: logits and surprisal, as "
@@ -247,8 +293,13 @@ def main(argv=None) -> None:
     fused = results["baseline"]["tok_per_sec"] / results["baseline_unfused"]["tok_per_sec"]
     print(f"throughput ratio baseline (fused head) / baseline_unfused: {fused:.2f} training, "
           f"{results['baseline']['eval_tok_per_sec'] / results['baseline_unfused']['eval_tok_per_sec']:.2f} eval")
-    ratio = results["with_ltm"]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
-    print(f"throughput ratio with_ltm / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x)")
+    read = results["with_ltm"]["tok_per_sec"] / results["with_ltm_unfused"]["tok_per_sec"]
+    print(f"throughput ratio with_ltm (fused memory code) / with_ltm_unfused: {read:.2f} training")
+    for arm in ("with_ltm", "with_ltm_unfused"):
+        ratio = results[arm]["tok_per_sec"] / results["baseline"]["tok_per_sec"]
+        eval_ratio = results[arm]["eval_tok_per_sec"] / results["baseline"]["eval_tok_per_sec"]
+        print(f"throughput ratio {arm} / baseline: {ratio:.2f} (LTM step-time overhead {1 / ratio:.2f}x), "
+              f"eval {eval_ratio:.2f} ({1 / eval_ratio:.2f}x)")
     for arm in ("baseline", "with_ltm"):
         print(f"throughput ratio {arm} / plain GPT: {results[arm]['tok_per_sec'] / results['plain_gpt']['tok_per_sec']:.2f}")
 

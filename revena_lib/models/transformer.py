@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
+from revena_lib.models.memory_read import EXP_FLOOR, soft_read, unit
 from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
@@ -286,11 +287,11 @@ class Block(nn.Module):
 class LongTermMemory:
     """Per-forward FIFO memory of ``capacity`` entries per batch row (a ring buffer with a write counter).
 
-    An entry is the memory layer's unit key and value per head, stored side by side in ``kv`` (one scatter per
+    An entry is the memory layer's unit key and value per head, stored side by side in ``kv`` (one row copy per
     write), and the token's position. Its token id and surprisal are looked up through the position (the memory
     never outlives its sequence), which keeps the per-chunk work, and so the step time, small.
-    Tensors have capacity + 1 slots: tokens that are not written are scattered into the extra "trash" slot,
-    which keeps the write a single vectorised scatter with no data-dependent shapes; reads ignore it.
+    Tensors have capacity + 1 slots: tokens that are not written go to the extra "trash" slot, which keeps the
+    write a single vectorised copy with no data-dependent shapes; reads ignore it.
     Updates are out of place because earlier reads saved the old tensors for the backward pass.
     """
 
@@ -329,7 +330,11 @@ class LongTermMemory:
         skipped = (n_routed - s).clamp(min=0)                    # qualifying tokens overwritten within this chunk
         keep = routed & (order > skipped)
         slot = torch.where(keep, (self.written[:, None] + order - 1) % s, s)          # (B, L), s = trash slot
-        self.kv = self.kv.scatter(2, slot[:, None, :, None].expand_as(kv), kv)   # kv is detached unless training soft
+        # one index_copy of whole rows into kv viewed as (B*H*(S+1), 2D): a quarter of a scatter's time, forward and
+        # backward (kv is detached unless training with the relaxed read). The trash row takes every unwritten token.
+        B, H, _, width = kv.shape
+        rows = (torch.arange(B * H, device=slot.device).view(B, H, 1) * (s + 1) + slot[:, None, :]).view(-1)
+        self.kv = self.kv.view(-1, width).index_copy(0, rows, kv.reshape(-1, width)).view(self.kv.shape)
         self.positions = self.positions.scatter(1, slot, positions)
         n = n_routed[:, 0]
         evictions = (self.occupancy() + n - s).clamp(min=0)
@@ -350,50 +355,44 @@ class LongTermMemory:
         (hit_count, top positions, top cosines) or None). Entries only come from earlier chunks, because a
         chunk writes after its read.
         """
-        s, d = self.capacity, self.head_dim
-        keys, values = self.kv[:, :, :s, :d], self.kv[:, :, :s, d:]           # drop the trash slot
-        positions = self.positions[:, :s]                                     # (B, S)
-        cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, S)
-        valid = (positions >= 0)[:, None, None, :]
-        hit = (cos > threshold) & valid
-        if soft_width > 0:
-            out = self._soft_read(cos, values, valid, threshold, temperature, soft_width)
-            hit_any = hit.any(dim=1).any(dim=-1)
+        d = self.head_dim
+        # Slots fill in order 0, 1, ...: only the first max-occupancy ones can hold an entry (counted on a CPU; on
+        # a GPU that count would stall the queue once per chunk, so every slot is read there). At least one slot
+        # is read, so an empty memory takes the same path (and reads exactly zero).
+        n = max(int(self.occupancy().max()), 1) if self.kv.device.type == "cpu" else self.capacity
+        positions = self.positions[:, :n]                                     # (B, n); the trash slot is never read
+        if soft_width > 0:   # memory_read.py
+            out, hit_any = soft_read(unit_queries, self.kv[:, :, :n], positions >= 0, threshold, temperature, soft_width)
             return out, hit_any, None
-        # softmax over the hits only: shift by the (detached) best hit score; exp(-inf) = 0 elsewhere, so a query
-        # without hits gets all-zero weights (and zero, finite gradients) instead of NaN
-        scores = (cos / temperature).masked_fill(~hit, -torch.inf)
-        shift = scores.detach().amax(-1, keepdim=True).clamp(min=-1e4)     # -inf (no hit) -> finite
-        weights = torch.exp(scores - shift)
-        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
-        out = weights @ values                                               # (B, H, L, D)
-        hit_entry = hit.any(dim=1)                                           # (B, L, S) hit by any head
-        hit_any = hit_entry.any(dim=-1)                                      # (B, L)
+        keys, values = self.kv[:, :, :n, :d], self.kv[:, :, :n, d:]
+        cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, n)
+        hit = cos > threshold
+        if threshold < 0:    # an empty slot's key is zero (cosine 0): it can pass a negative cut
+            hit &= (positions >= 0)[:, None, None, :]
+        # softmax over the hits only, normalised on the narrow side (r = (weights @ V) / sum weights). The shift is
+        # the best cosine (detached): never below the best hit, and equal to it when there is one and the cut is
+        # >= 0 (every non-hit, empty slots included, lies at or below the cut).
+        # exp's argument is kept in [EXP_FLOOR, 0] (torch's CPU exp is several times slower on lanes that
+        # underflow, as exp(-inf) does) and non-hits are zeroed after it: a query without hits gets all-zero
+        # weights and zero, finite gradients
+        best = cos.detach().amax(-1, keepdim=True)                          # (B, H, L, 1)
+        weights = torch.where(hit, torch.sub(cos, best).mul_(1.0 / temperature).clamp_(EXP_FLOOR, 0.0).exp_(), 0.0)
+        out = (weights @ values) / weights.sum(-1, keepdim=True).clamp(min=1e-30)   # (B, H, L, D)
+        hit_any = (best[..., 0] > threshold).any(dim=1) if threshold >= 0 else hit.any(dim=-1).any(dim=1)   # (B, L)
         trace = None
         if want_trace:
-            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, S) max over heads
-            k = min(TOP_HITS, s)
+            hit_entry = hit.any(dim=1)                                       # (B, L, n) hit by any head
+            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, n) max over heads
+            k = min(TOP_HITS, n)
             top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
             found = torch.isfinite(top_cos)
             top_pos = torch.where(found, positions.gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
             top_cos = torch.where(found, top_cos, 0.0)
-            if k < TOP_HITS:   # capacity below K: pad so the trace always has K columns
+            if k < TOP_HITS:   # fewer slots than K: pad so the trace always has K columns
                 top_pos = F.pad(top_pos, (0, TOP_HITS - k), value=-1)
                 top_cos = F.pad(top_cos, (0, TOP_HITS - k), value=0.0)
             trace = (hit_entry.sum(-1), top_pos, top_cos)
         return out, hit_any, trace
-
-
-    @staticmethod
-    def _soft_read(cos, values, valid, threshold: float, temperature: float, width: float) -> torch.Tensor:
-        """The relaxed read (see ``read``): cos (B, H, L, S), values (B, H, S, D) -> (B, H, L, D)."""
-        hitness = torch.sigmoid((cos - threshold) / width) * valid                     # (B, H, L, S) in [0, 1)
-        scores = (cos / temperature).masked_fill(~valid, -torch.inf)
-        shift = scores.detach().amax(-1, keepdim=True).clamp(min=-1e4)
-        weights = hitness * torch.exp(scores - shift)
-        weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
-        any_hit = 1.0 - torch.exp(torch.log1p(-hitness.clamp(max=1 - 1e-6)).sum(-1, keepdim=True))   # (B, H, L, 1)
-        return any_hit * (weights @ values)
 
 
 # ----------------------------------------------------------------------------------------------- the model
@@ -476,8 +475,8 @@ class RevenaLM(nn.Module):
         if use_ltm:
             memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device) if state is None else state.memory.copy()
             with torch.autocast(device_type=device.type, enabled=False):
-                unit_q = F.normalize(q_raw.float(), dim=-1)                          # (B, H, Tp, D)
-                kv = torch.cat([F.normalize(k_raw.float(), dim=-1), v_raw.float()], dim=-1)   # (B, H, Tp, 2D)
+                unit_q = unit(q_raw.float())                                         # (B, H, Tp, D)
+                kv = torch.cat([unit(k_raw.float()), v_raw.float()], dim=-1)       # (B, H, Tp, 2D)
                 if not soft:   # the brief's memory is not differentiable; the soft training read keeps keys' gradient
                     kv = kv.detach()
             gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
@@ -502,20 +501,25 @@ class RevenaLM(nn.Module):
         n_targets = torch.zeros((), device=device)
         need_logits = introspect or targets is None or not self.training or state is not None
         head_grad_w = weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None   # (V, C)
+        # the chunks of the per-token tensors, cut by one split each: a slice per chunk would give each chunk a
+        # full-size zero gradient in the backward, and then as many full-size sums; a split's backward is one cat
+        x_parts, y_parts = x.split(c, dim=1), y_stm.split(c, dim=2)
+        q_parts, kv_parts = (unit_q.split(c, dim=2), kv.split(c, dim=2)) if use_ltm else (None, None)
 
         for ci in range(n_chunks):
             s, e = ci * c, min((ci + 1) * c, T)
-            y = y_stm[:, :, s:e]                                                     # (B, H, l, D)
+            cut = (lambda t, dim: t) if e - s == c else (lambda t, dim: t.narrow(dim, 0, e - s))   # the last chunk
+            y = cut(y_parts[ci], 2)                                                  # (B, H, l, D)
             if use_ltm and memory_read:
                 with torch.autocast(device_type=device.type, enabled=False):
-                    read, hit_any, tr = memory.read(unit_q[:, :, s:e], cfg.ltm_similarity_threshold,
+                    read, hit_any, tr = memory.read(cut(q_parts[ci], 2), cfg.ltm_similarity_threshold,
                                                     cfg.ltm_score_temperature, introspect and not soft,
                                                     cfg.ltm_soft_width if soft else 0.0)
                     y = (y.float() + gate * read).to(y.dtype)   # no hit: read is exactly 0
                 hit_all[:, s:e] = hit_any
                 if introspect:
                     hit_count[:, s:e], top_pos[:, s:e], top_cos[:, s:e] = tr
-            xc = x[:, s:e] + mem_block.attn.merge(y)
+            xc = cut(x_parts[ci], 1) + mem_block.attn.merge(y)
             xc = xc + mem_block.mlp(mem_block.ln_2(xc))
             for j, block in enumerate(upper):
                 xc, caches[j] = block.forward_chunk(xc, cos[s:e], sin[s:e], masks[ci, :e - s, :p * c + e - s], caches[j])
@@ -537,7 +541,7 @@ class RevenaLM(nn.Module):
             if use_ltm:
                 routed = write_mask(surprisal[:, s:e], positions[:, s:e], cfg)
                 routed_all[:, s:e] = routed
-                ev = memory.write(routed, kv[:, :, s:e], positions[:, s:e])
+                ev = memory.write(routed, cut(kv_parts[ci], 2), positions[:, s:e])
                 if introspect:
                     occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
 
