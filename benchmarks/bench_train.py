@@ -6,7 +6,7 @@ if no data is prepared), after warm-up, for the baseline, the baseline with the 
 fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm, the
 LTM arm with the memory code it had before memory_read.py (``with_ltm_unfused``: the relaxed read as the plain
 formula with autograd's backward, F.normalize, a scatter write) and a plain GPT of the same size in one run, their
-steps interleaved, then the same models' evaluation forward (no grad: what evaluate.py calls, logits included),
+steps interleaved, then the same models' evaluation forward (no grad: what evaluate.py calls, surprisal without logits),
 then the peak of a large square matmul.
 The plain GPT is
 written here as a typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full
@@ -174,7 +174,8 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         variant = ((unfused_memory if arm_cfg.use_ltm else unfused_head) if arm.endswith("_unfused")
                    else contextlib.nullcontext)
         loss_of = lambda x, y: model(x, y).loss
-        eval_of = lambda x, y: model(x)                         # logits and surprisal, as evaluate.py calls it
+        # surprisal without logits, as evaluate.py's document_nll calls it; "_unfused" keeps the logits it always built
+        eval_of = ((lambda x, y: model(x)) if arm.endswith("_unfused") else (lambda x, y: model(x, logits=False)))
         optimizer = make_optimizer(model, cfg, device)
 
     def batch(i: int):
@@ -288,8 +289,8 @@ def main(argv=None) -> None:
         print(f"{arm:<20} {r['params']:>12,} {r['s_per_step']:>8.3f} {r['tok_per_sec']:>10,.0f} "
               f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
               f"{r['model_flops_per_sec'] / peak:>7.1%} {r['eval_tok_per_sec']:>11,.0f}")
-    print("eval tok/s: forward only, no grad, eval mode, the same batches (RevenaLM: logits and surprisal, as "
-          "evaluate.py calls it; plain GPT: logits and cross-entropy)")
+    print("eval tok/s: forward only, no grad, eval mode, the same batches (ours: surprisal without logits, as "
+          "evaluate.py calls it, the _unfused arms with logits; plain GPT: logits and cross-entropy)")
     fused = results["baseline"]["tok_per_sec"] / results["baseline_unfused"]["tok_per_sec"]
     print(f"throughput ratio baseline (fused head) / baseline_unfused: {fused:.2f} training, "
           f"{results['baseline']['eval_tok_per_sec'] / results['baseline_unfused']['eval_tok_per_sec']:.2f} eval")

@@ -106,7 +106,7 @@ def document_nll(model, docs: list[dict], device: torch.device, progress: bool =
         iterator = tqdm(docs, desc="  documents", leave=False)
     for doc in iterator:
         idx = torch.as_tensor(doc["tokens"], dtype=torch.long, device=device)[None]   # (1, L)
-        out = model(idx, **switches)
+        out = model(idx, logits=False, **switches)   # surprisal only: no (1, L, V) logits to build
         # surprisal_bits[:, t] = -log2 p(idx[t] | idx[:t]); position 0 (the opening EOT) has no prediction.
         bits = out.surprisal_bits[0].double().cpu().numpy()                             # (L,)
         nll_bits.append(float(bits[1:].sum()))
@@ -184,8 +184,8 @@ class ForwardWith(torch.nn.Module):
         super().__init__()
         self.model, self.switches, self.cfg = model, switches, model.cfg
 
-    def forward(self, idx, targets=None, introspect=False, **_):
-        return self.model(idx, targets, introspect=introspect, **self.switches)
+    def forward(self, idx, targets=None, introspect=False, **kwargs):
+        return self.model(idx, targets, introspect=introspect, **{**kwargs, **self.switches})
 
     def num_parameters(self) -> int:
         return self.model.num_parameters()

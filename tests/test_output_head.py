@@ -166,6 +166,25 @@ def test_training_a_model_keeps_no_logits_and_returns_none(family):
     assert model(idx).logits.shape == (2, 96, vocab) and model(idx, introspect=True).logits is not None
 
 
+@pytest.mark.parametrize("family", ["transformer", "transformer_ltm", "reservoir", "recursive"])
+def test_evaluation_without_logits_gives_the_same_surprisal(family):
+    """logits=False (what evaluate.document_nll asks for): no (B, T, V) logits, the same surprisal and loss."""
+    from revena_lib.models.recursive import RecursiveLM
+
+    if family == "recursive":
+        torch.manual_seed(0)
+        model = RecursiveLM(dataclasses.replace(arm_preset("smoke", "recursive").model, vocab_size=512)).eval()
+    else:
+        model = smoke_model(family.split("_")[0], **({"use_ltm": True} if family.endswith("ltm") else {})).eval()
+    idx = torch.randint(0, 512, (2, 77), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full, bare = model(idx, idx.roll(-1, 1)), model(idx, idx.roll(-1, 1), logits=False)
+    assert full.logits is not None and bare.logits is None
+    torch.testing.assert_close(bare.surprisal_bits, full.surprisal_bits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bare.loss, full.loss, rtol=0, atol=1e-6)
+    assert model(idx, logits=False, introspect=True).logits is not None      # introspection always has them
+
+
 # ------------------------------------------------------------------------------- the models are unchanged
 
 def smoke_model(family, **overrides):

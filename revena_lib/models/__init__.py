@@ -2,7 +2,8 @@
 
 Every family's model is built from a ``ModelConfig`` (its ``family`` field names the file) and is called as
 ``model(idx, targets=None, introspect=False, memory_read=True) -> ModelOutput``; ``num_parameters()`` counts
-what the optimizer trains. Arms (``revena_lib/arms.py``) pick a family and config overrides.
+what the optimizer trains. ``logits=False`` skips the (B, T, V) logits where nothing needs them (evaluation's
+surprisal; training with targets never builds them); introspection and state calls always have them. Arms (``revena_lib/arms.py``) pick a family and config overrides.
 
 State (sessions, ``revena_lib/session.py``): every family also offers
 ``state = model.new_state(batch_size, device)``, an empty state at stream position 0, and

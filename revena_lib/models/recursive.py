@@ -174,7 +174,8 @@ class RecursiveLM(nn.Module):
                 z_H, z_L = cycle(z_H, z_L)
         return cycle(z_H, z_L)[0]
 
-    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
+    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None,
+                logits: bool = True) -> ModelOutput:
         """memory_read=False: every chunk starts with an empty carry (an evaluation ablation); state: continue that
         stream (see RecursiveCarry) and return the state after idx in out.state."""
         cfg = self.cfg
@@ -202,7 +203,7 @@ class RecursiveLM(nn.Module):
             z_H.append(self.chunk(x[:, i * c:(i + 1) * c], carry, cos, sin, mask))   # (B, c, h)
             carry = z_H[-1].detach() if memory_read else None   # truncated backprop: no gradient across chunks
         h = self.ln_f(self.out_proj(torch.cat(z_H, dim=1)[:, :T]))                   # (B, T, C)
-        need_logits = introspect or targets is None or not self.training or state is not None   # training: loss only
+        need_logits = introspect or state is not None or (logits and (targets is None or not self.training))   # training: loss only
         logits, loss, surprisal = head_loss(h, self.wte.weight, idx, targets, need_logits)
         after = None
         if state is not None:   # a new object: the caller's state stays as it was

@@ -230,7 +230,8 @@ class ReservoirLM(nn.Module):
         return ReservoirState(0, empty_caches(cfg, batch_size, device),
                               [torch.zeros(batch_size, cfg.reservoir_size, device=device) for _ in self.blocks])
 
-    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
+    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None,
+                logits: bool = True) -> ModelOutput:
         """memory_read=False cuts every reservoir's recurrence (states without a past): an evaluation ablation.
         ``state``: continue a stream (see ``revena_lib/models/__init__.py``); the result's ``state`` is the next one."""
         cfg = self.cfg
@@ -269,7 +270,7 @@ class ReservoirLM(nn.Module):
                 block.mlp.record = block.mlp.s0 = block.mlp.final_at = block.mlp.final = None
         h = self.ln_f(x[:, :T])                                                   # (B, T, C)
         # training needs only the loss: the fused head then never builds the (B, T, V) logits
-        need_logits = introspect or targets is None or not self.training or state is not None
+        need_logits = introspect or state is not None or (logits and (targets is None or not self.training))
         logits, loss, surprisal = head_loss(h, self.wte.weight, idx, targets, need_logits)
         new_state = None
         if state is not None:

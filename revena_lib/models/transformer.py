@@ -435,7 +435,8 @@ class RevenaLM(nn.Module):
                   if cfg.use_ltm else None)
         return TransformerState(0, empty_caches(cfg, batch_size, device), None, memory)
 
-    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None) -> ModelOutput:
+    def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None,
+                logits: bool = True) -> ModelOutput:
         cfg = self.cfg
         check_inputs("RevenaLM", idx, targets)
         B, T = idx.shape
@@ -496,10 +497,10 @@ class RevenaLM(nn.Module):
         surprisal = torch.zeros(B, T, device=device)        # bits; the stream's position 0 stays 0.0
         if state is not None and state.last_log_probs is not None:   # the first token was predicted last call
             surprisal[:, 0] = -state.last_log_probs.gather(-1, idx[:, :1])[:, 0] / LN2
+        need_logits = introspect or state is not None or (logits and (targets is None or not self.training))
         logits = None
         nll_sum = torch.zeros((), device=device)
         n_targets = torch.zeros((), device=device)
-        need_logits = introspect or targets is None or not self.training or state is not None
         head_grad_w = weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None   # (V, C)
         # the chunks of the per-token tensors, cut by one split each: a slice per chunk would give each chunk a
         # full-size zero gradient in the backward, and then as many full-size sums; a split's backward is one cat
