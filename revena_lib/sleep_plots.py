@@ -78,3 +78,37 @@ def retention_figure(result: dict, metric: str = "log2p") -> go.Figure:
                                                   arrayminus=[b[1] for b in bars])), row=1, col=col)
     fig.update_layout(title=f"Retention over days<br><sup>{_subtitle(result)}</sup>", height=460)
     return fig
+
+
+def save_sleep_figure(result: dict, path) -> None:
+    """A static PNG of the frontier (graded retention against forgetting) and day 1's facts over the nights
+    (matplotlib: for the README and for readers without a browser)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(result["days"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    markers = ("o", "D", "s", "^", "x")
+    for row in result["summary"]:
+        f, r = row["forgetting_bpc"], row["retention_log2p"]
+        colour, marker = COLOURS.get(row["strategy"], "#333"), markers[_lr_index(result, row["lr"]) % len(markers)]
+        ax1.errorbar(f["diff"], r["mean"], xerr=[[f["diff"] - f["ci95"][0]], [f["ci95"][1] - f["diff"]]],
+                     yerr=[[r["mean"] - r["ci95"][0]], [r["ci95"][1] - r["mean"]]], fmt=marker, color=colour,
+                     capsize=3, label=row["variant"])
+        curve = row["day1_curve_log2p"]
+        ax2.errorbar(range(n + 1), [c["mean"] for c in curve], fmt=marker, color=colour, capsize=2,
+                     yerr=[[c["mean"] - c["ci95"][0] for c in curve], [c["ci95"][1] - c["mean"] for c in curve]],
+                     linestyle="-" if _lr_index(result, row["lr"]) == 0 else "--", label=row["variant"])
+    ax1.axvline(0, color="#999", linestyle=":")
+    ax1.set_xlabel("forgetting: general BPC after the last sleep - before (lower is better)")
+    ax1.set_ylabel("retention: answer log2 p after its own sleep (bits/token)")
+    ax1.set_title("retention against forgetting")
+    ax1.legend(fontsize=7)
+    ax2.set_xticks(range(n + 1), ["before"] + [f"sleep {k}" for k in range(1, n + 1)])
+    ax2.set_ylabel("day-1 facts, closed-book log2 p (bits/token)")
+    ax2.set_title("day 1's facts over the nights")
+    fig.suptitle(_subtitle(result), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
