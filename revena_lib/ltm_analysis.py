@@ -1,0 +1,191 @@
+"""What a trained LTM does with recall items: query-key cosines, and the write rule swept at evaluation time.
+
+``answer_key_cosines``: at the position that predicts the first answer token, the memory layer's unit query (what
+the LTM compares, per head, before RoPE) against the stored key of the planted fact's answer token, next to random
+(query, written entry) pairs of the same items; the brief's read counts a hit when any head's cosine is above 0.8.
+``write_rule_sweep``: one trained with_ltm run scored under other write rules (the brief's 4.5-bit threshold,
+higher cuts, the k most surprising tokens per chunk) without retraining, so the model was trained under the
+brief's rule and only the evaluation's writes change: routed ratio, entry lifetime, recall and BPC per setting.
+
+    from revena_lib.ltm_analysis import write_rule_sweep
+    rows = write_rule_sweep("trained/with_ltm/cpu/seed-1337", preset="cpu")   # list of dicts, one per setting
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from revena_lib.memory_stats import entry_lifetimes, lifetime_summary
+from revena_lib.recall import RecallItem
+
+COSINE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# The brief's rule first (the headline), then higher cuts, then a fixed number of writes per 64-token chunk.
+DEFAULT_SWEEP = ({"ltm_write_threshold_bits": 4.5}, {"ltm_write_threshold_bits": 6.0},
+                 {"ltm_write_threshold_bits": 8.0}, {"ltm_write_rule": "topk", "ltm_write_topk": 16},
+                 {"ltm_write_rule": "topk", "ltm_write_topk": 4})
+
+
+def _core(model):
+    """The RevenaLM under an evaluation wrapper (evaluate.ForwardWith keeps it as .model)."""
+    return getattr(model, "model", model)
+
+
+@contextmanager
+def captured_qk(model):
+    """Yields a dict that the next forward call fills with the memory layer's unit queries and keys, "q" and "k"
+    (B, H, T_padded, D) float32, before RoPE: exactly what the LTM compares (a hook on that layer's projection)."""
+    core = _core(model)
+    attn = core.blocks[core.cfg.memory_layer_index].attn
+    got = {}
+
+    def hook(module, inputs, output):                                     # output (B, T, 3C)
+        B, T, C3 = output.shape
+        shape = (B, T, attn.n_head, attn.head_dim)
+        q, k = output[..., :C3 // 3], output[..., C3 // 3:2 * C3 // 3]
+        got["q"] = F.normalize(q.float().reshape(shape).transpose(1, 2), dim=-1)
+        got["k"] = F.normalize(k.float().reshape(shape).transpose(1, 2), dim=-1)
+
+    handle = attn.c_attn.register_forward_hook(hook)
+    try:
+        yield got
+    finally:
+        handle.remove()
+
+
+def cosine_summary(cos: np.ndarray, cut: float) -> dict:
+    """cos (N, H) -> quantiles per head pooled and of the max over heads (what decides a hit), shares above cut."""
+    best = cos.max(axis=1) if cos.size else cos.reshape(0)
+    quant = lambda x: {f"q{int(round(100 * p)):02d}": (float(np.quantile(x, p)) if x.size else float("nan"))
+                       for p in COSINE_QUANTILES}
+    return {"per_head": quant(cos.ravel()), "max_over_heads": quant(best),
+            "share_above_cut": float((cos > cut).mean()) if cos.size else float("nan"),
+            "share_any_head_above_cut": float((best > cut).mean()) if best.size else float("nan"), "n": int(len(cos))}
+
+
+@torch.inference_mode()
+def answer_key_cosines(model, items: list[RecallItem], n_random: int = 8, seed: int = 0, batch_size: int = 8,
+                       eot: int = 0) -> dict:
+    """Cosines (per head) of (question query, answer key) pairs and of random (query, written entry) pairs.
+
+    For every passkey item with a planted fact: the query at ``answer_start - 1`` (it predicts the first answer
+    token) against the key at the fact's first answer token. Random pairs: ``n_random`` per item, a query position
+    after the first chunk and an entry the LTM wrote in an earlier chunk of the same item (any earlier position if
+    none was written). Returns {"answer": summary, "random": summary, "cut", "by_distance", "raw"} where a summary
+    holds quantiles and the share above the cut (``cosine_summary``) and "raw" the (N, H) arrays as lists.
+    """
+    cfg = _core(model).cfg
+    chunk, cut = cfg.chunk_size, cfg.ltm_similarity_threshold
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+    chosen = [it for it in items if it.kind == "passkey" and it.fact_answer_span() is not None]
+    answer, random, distance = [], [], []
+    for s in range(0, len(chosen), batch_size):
+        batch = chosen[s:s + batch_size]
+        T = max(len(it.tokens) for it in batch)
+        idx = torch.full((len(batch), T), eot, dtype=torch.long)
+        for row, it in enumerate(batch):
+            idx[row, :len(it.tokens)] = torch.tensor(it.tokens)
+        with captured_qk(model) as got:
+            routed = model(idx.to(device), introspect=True).trace.routed                 # (B, T)
+        q, k = got["q"].cpu(), got["k"].cpu()                                            # (B, H, Tp, D)
+        for row, it in enumerate(batch):
+            key = it.fact_answer_span()[0]
+            answer.append((q[row, :, it.answer_start - 1] * k[row, :, key]).sum(-1).numpy())   # (H,)
+            distance.append(it.distance)
+            for _ in range(n_random if len(it.tokens) > chunk else 0):
+                t = int(rng.integers(chunk, len(it.tokens)))
+                earlier = (t // chunk) * chunk
+                written = np.flatnonzero(routed[row, :earlier].numpy())
+                p = int(rng.choice(written if len(written) else np.arange(earlier)))
+                random.append((q[row, :, t] * k[row, :, p]).sum(-1).numpy())
+    answer, random = np.array(answer).reshape(len(answer), -1), np.array(random).reshape(len(random), -1)
+    dist = np.array(distance)
+    return {"answer": cosine_summary(answer, cut), "random": cosine_summary(random, cut), "cut": cut,
+            "by_distance": {str(d): cosine_summary(answer[dist == d], cut) for d in sorted(set(distance))},
+            "raw": {"answer": answer.tolist(), "random": random.tolist(), "distance": dist.tolist()},
+            "note": "cosine of unit query and unit key per head of the memory layer (before RoPE), as the LTM reads "
+                    "them; answer: the query predicting the first answer token vs the key of the planted fact's "
+                    "answer token; random: a query vs an entry written in an earlier chunk of the same item"}
+
+
+def _sweep_label(setting: dict) -> str:
+    if setting.get("ltm_write_rule") == "topk":
+        return f"top {setting.get('ltm_write_topk')} per chunk"
+    if "ltm_write_threshold_bits" in setting:
+        return f"surprisal > {setting['ltm_write_threshold_bits']:g} bits"
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "as trained"
+
+
+def measure_setting(model, docs, items, device, window: int, receptive_field: int, batch_size: int = 8) -> dict:
+    """BPC, routed ratio, entry lifetime and recall of one model as it is configured now (one sweep row)."""
+    from revena_lib.evaluate import document_nll
+    from revena_lib.models.transformer import memory_rates
+    from revena_lib.recall import score_recall_items
+
+    measured = document_nll(model, docs, device, lifetimes=True)
+    scores = score_recall_items(model, items, device=device, batch_size=batch_size, tokenizer=docs[0]["tokenizer"])
+    passkey = [r for r in scores if r["kind"] == "passkey"]
+    mean = lambda rows, key: float(np.mean([r[key] for r in rows])) if rows else float("nan")
+    groups = {"in_window": [r for r in passkey if r["distance"] <= window],
+              "beyond_window": [r for r in passkey if r["distance"] > window],
+              "beyond_field": [r for r in passkey if r["distance"] > receptive_field]}
+    life = lifetime_summary(measured["lifetimes"], measured["censored"])
+    row = {"bpc": float(measured["nll_bits"].sum() / sum(d["characters"] for d in docs)),
+           "routed_token_ratio": memory_rates(measured["counts"])["routed_token_ratio"],
+           "ltm_hit_rate": memory_rates(measured["counts"])["ltm_hit_rate"],
+           "lifetime_median": life["median"], "lifetime_q10": life["quantiles"].get("q10"),
+           "lifetime_q90": life["quantiles"].get("q90"), "lifetime_censored": life["censored"]}
+    for name, rows in groups.items():
+        row.update({f"{name}_exact": mean(rows, "exact_match"), f"{name}_logprob_bits": mean(rows, "answer_logprob_bits"),
+                    f"{name}_answer_in_memory": mean(rows, "answer_in_memory"),
+                    f"{name}_useful_hit": mean(rows, "useful_hit"), f"{name}_n": len(rows)})
+    return row
+
+
+def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=None, device="cpu",
+                     max_docs: int | None = None, items_per_distance: int | None = None, progress=None) -> list[dict]:
+    """One trained LTM run scored under each write-rule setting (ModelConfig overrides), evaluation time only.
+
+    The weights stay those trained under the run's own rule (the brief's 4.5 bits); each setting only changes which
+    tokens the memory writes while the documents and recall items are read. Documents and items are the preset's
+    EvalConfig ones (``max_docs`` / ``items_per_distance`` shrink them). Returns one dict per setting: ``setting``,
+    ``label``, ``bpc``, ``routed_token_ratio``, ``lifetime_*`` (tokens), and recall exact / log2 p / share of answers
+    still in memory / useful hits, in the window, beyond it and beyond the receptive field.
+    """
+    from revena_lib.checkpoint import load_model
+    from revena_lib.config import get_preset
+    from revena_lib.data import load_split
+    from revena_lib.evaluate import EvalError, evaluation_documents
+    from revena_lib.recall import make_recall_items
+
+    model, config = load_model(run_dir, device=device)
+    if not getattr(model.cfg, "use_ltm", False):
+        raise EvalError(f"write_rule_sweep: {run_dir} has no LTM (use_ltm is off): sweep a with_ltm run")
+    ecfg = get_preset(preset).eval if isinstance(preset, str) else preset.eval
+    val = load_split("val", data_dir=data_dir)
+    docs = evaluation_documents(val, max_docs or ecfg.max_docs, ecfg.max_tokens_per_doc, ecfg.doc_seed)
+    items = make_recall_items(val, ecfg.recall_distances, items_per_distance or ecfg.recall_items_per_distance,
+                              ecfg.recall_seed)
+    trained = model.cfg
+    window, field = trained.window, trained.n_layer * (trained.window - 1)
+    rows = []
+    for setting in settings:
+        model.cfg = dataclasses.replace(trained, **setting)
+        if progress:
+            progress(f"write_rule_sweep: {_sweep_label(setting)}")
+        torch.manual_seed(ecfg.recall_seed)
+        rows.append({"label": _sweep_label(setting), "setting": dict(setting),
+                     **measure_setting(model, docs, items, device, window, field, ecfg.batch_size)})
+    model.cfg = trained
+    for row in rows:
+        row.update({"run_dir": str(run_dir), "seed": config.get("seed"), "trained_rule": _sweep_label(
+            {"ltm_write_rule": trained.ltm_write_rule, "ltm_write_topk": trained.ltm_write_topk,
+             "ltm_write_threshold_bits": trained.ltm_write_threshold_bits}), "documents": len(docs),
+             "recall_items": len(items), "window": window, "receptive_field": field,
+             "note": "evaluation-time sweep: the weights were trained under trained_rule, only the writes change"})
+    return rows
