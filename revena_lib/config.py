@@ -151,6 +151,8 @@ class EvalConfig:
     batch_size: int = 8
     recall_distances: tuple[int, ...] = (32, 64, 96, 192, 256, 384, 512, 768, 1024)
     recall_items_per_distance: int = 64
+    recall_items_beyond_field: int = 0   # items per distance beyond the receptive field (n_layer x (window - 1)), where
+                                         # only a memory can recall and intervals need the most items (0 = as above)
     recall_seed: int = 2024
     bootstrap_samples: int = 2000
     throughput_tokens: int = 32_768  # tokens timed for tokens_per_sec, after warm-up ...

@@ -191,6 +191,13 @@ def measure_throughput(models: dict, batches: list[torch.Tensor], device: torch.
     return out
 
 
+def recall_item_counts(ecfg: EvalConfig, receptive_field: int) -> dict[int, int]:
+    """{distance: items} of an EvalConfig: recall_items_per_distance, or recall_items_beyond_field (when set) for
+    distances beyond the receptive field of the stacked windows."""
+    far = ecfg.recall_items_beyond_field or ecfg.recall_items_per_distance
+    return {int(d): (far if d > receptive_field else ecfg.recall_items_per_distance) for d in ecfg.recall_distances}
+
+
 class ForwardWith(torch.nn.Module):
     """A trained model called with fixed forward() switches (e.g. memory_read=False): an evaluation-time ablation
     with the same weights."""
@@ -508,7 +515,8 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
                 check_same_tokenizer(read_config(run_dir).get("tokenizer"), data_tokenizer, str(run_dir))
             except TokenizerError as e:
                 raise EvalError(str(e)) from None
-    items = make_recall_items(val, ecfg.recall_distances, ecfg.recall_items_per_distance, ecfg.recall_seed)
+    field_reach = int(base_config.get("model", {}).get("n_layer", 1)) * (window - 1)
+    items = make_recall_items(val, ecfg.recall_distances, recall_item_counts(ecfg, field_reach), ecfg.recall_seed)
     log = _Log(progress)
     log(f"evaluate: arms {', '.join(runs)}; {len(docs)} validation documents, {len(items)} recall items, device {device}")
 
@@ -541,6 +549,7 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
         "truncated_documents": int(sum(d["truncated"] for d in docs)),
         "recall_items": len(items), "recall_distances": list(ecfg.recall_distances),
         "recall_items_per_distance": ecfg.recall_items_per_distance, "recall_seed": ecfg.recall_seed,
+        "recall_items_by_distance": {str(d): n for d, n in recall_item_counts(ecfg, field_reach).items()},
         "recall_headline": f"passkey exact match (greedy, teacher-forced), mean over distances > {window}",
         "throughput": {k: v for k, v in throughput[BASELINE].items() if k not in ("tokens_per_sec", "ci95")},
         "bootstrap_samples": ecfg.bootstrap_samples,

@@ -160,7 +160,7 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     from revena_lib.checkpoint import load_model
     from revena_lib.config import get_preset
     from revena_lib.data import load_split
-    from revena_lib.evaluate import EvalError, evaluation_documents
+    from revena_lib.evaluate import EvalError, evaluation_documents, recall_item_counts
     from revena_lib.recall import make_recall_items
 
     model, config = load_model(run_dir, device=device)
@@ -169,10 +169,11 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     ecfg = get_preset(preset).eval if isinstance(preset, str) else preset.eval
     val = load_split("val", data_dir=data_dir)
     docs = evaluation_documents(val, max_docs or ecfg.max_docs, ecfg.max_tokens_per_doc, ecfg.doc_seed)
-    items = make_recall_items(val, ecfg.recall_distances, items_per_distance or ecfg.recall_items_per_distance,
-                              ecfg.recall_seed)
     trained = model.cfg
     window, field = trained.window, trained.n_layer * (trained.window - 1)
+    counts = ({int(d): items_per_distance for d in ecfg.recall_distances} if items_per_distance
+              else recall_item_counts(ecfg, field))
+    items = make_recall_items(val, ecfg.recall_distances, counts, ecfg.recall_seed)
     rows = []
     for setting in settings:
         model.cfg = dataclasses.replace(trained, **setting)

@@ -131,7 +131,7 @@ def _other_key(rng: np.random.Generator, key: str) -> str:
             return other
 
 
-def make_recall_items(filler, distances, items_per_distance: int, seed: int, tokenizer=None) -> list[RecallItem]:
+def make_recall_items(filler, distances, items_per_distance, seed: int, tokenizer=None) -> list[RecallItem]:
     """Passkey and control items planted in real text; deterministic for a given (filler, seed).
 
     For every distance D and every i < items_per_distance one item of each kind in ``KINDS`` is made from the
@@ -160,6 +160,8 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int, tok
         The control item of the same pair: "... the ocean The color of the boat is yellow. with danger,
         ... as they The color of the boat is yellow", answer " yellow" (1 token, answer_start 70).
 
+    ``items_per_distance``: an int, or a {distance: count} dict (e.g. more items beyond the receptive field, where
+    recall is rare and intervals need many items); the first n items of a distance do not depend on the count.
     ``tokenizer``: the one the filler's tokens were made with (default: a TokenSplit's own, else the prepared
     data's). ``filler``: a ``TokenSplit`` (validation split) or a list of token arrays. Documents with at least
     P + D text tokens are used; if none is long enough, all documents are joined (their EOTs dropped)
@@ -176,7 +178,8 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int, tok
         distance = int(distance)
         if distance < 0:
             raise RecallError(f"make_recall_items: distance must be >= 0, got {distance}")
-        for i in range(items_per_distance):
+        count = items_per_distance.get(distance, 0) if isinstance(items_per_distance, dict) else items_per_distance
+        for i in range(int(count)):
             rng = np.random.default_rng([seed, distance, i])
             prefix_len = int(rng.integers(PREFIX_TOKENS[0], PREFIX_TOKENS[1] + 1))
             need = prefix_len + distance

@@ -218,3 +218,16 @@ def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo
     table = in_memory_recall([[good, near], [evicted]])
     assert table["by_distance"]["192"]["in_memory"]["n"] == 1 and table["by_distance"]["192"]["all"]["n"] == 3
     assert table["beyond_window"]["not_in_memory"]["n"] == 2
+
+
+def test_more_items_where_they_are_needed_keeps_the_first_ones(val):
+    from revena_lib.config import EvalConfig
+    from revena_lib.evaluate import recall_item_counts
+
+    few = make_recall_items(val, (32, 256), 2, seed=3)
+    many = make_recall_items(val, (32, 256), {32: 2, 256: 5}, seed=3)
+    assert sum(it.distance == 256 for it in many) == 5 * 4 and sum(it.distance == 32 for it in many) == 2 * 4
+    assert [it.tokens for it in many if it.distance == 256][:8] == [it.tokens for it in few if it.distance == 256]
+    ecfg = EvalConfig(recall_distances=(32, 384, 768), recall_items_per_distance=16, recall_items_beyond_field=200)
+    assert recall_item_counts(ecfg, receptive_field=508) == {32: 16, 384: 16, 768: 200}
+    assert recall_item_counts(EvalConfig(recall_distances=(32, 768), recall_items_per_distance=16), 508) == {32: 16, 768: 16}
