@@ -147,7 +147,7 @@ def measure_setting(model, docs, items, device, window: int, receptive_field: in
     return row
 
 
-def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=None, device="cpu",
+def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=None, device=None,
                      max_docs: int | None = None, items_per_distance: int | None = None, progress=None) -> list[dict]:
     """One trained LTM run scored under each write-rule setting (ModelConfig overrides), evaluation time only.
 
@@ -160,9 +160,11 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     from revena_lib.checkpoint import load_model
     from revena_lib.config import get_preset
     from revena_lib.data import load_split
+    from revena_lib.device import autocast, select_device
     from revena_lib.evaluate import EvalError, evaluation_documents, recall_item_counts
     from revena_lib.recall import make_recall_items
 
+    device = select_device(device)
     model, config = load_model(run_dir, device=device)
     if not getattr(model.cfg, "use_ltm", False):
         raise EvalError(f"write_rule_sweep: {run_dir} has no LTM (use_ltm is off): sweep a with_ltm run")
@@ -180,8 +182,9 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
         if progress:
             progress(f"write_rule_sweep: {_sweep_label(setting)}")
         torch.manual_seed(ecfg.recall_seed)
-        rows.append({"label": _sweep_label(setting), "setting": dict(setting),
-                     **measure_setting(model, docs, items, device, window, field, ecfg.batch_size)})
+        with autocast(device):   # as evaluate() scores
+            measured = measure_setting(model, docs, items, device, window, field, ecfg.batch_size)
+        rows.append({"label": _sweep_label(setting), "setting": dict(setting), **measured})
     model.cfg = trained
     for row in rows:
         row.update({"run_dir": str(run_dir), "seed": config.get("seed"), "trained_rule": _sweep_label(
@@ -190,3 +193,85 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
              "recall_items": len(items), "window": window, "receptive_field": field,
              "note": "evaluation-time sweep: the weights were trained under trained_rule, only the writes change"})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------- tables and figure
+# Flat rows from results.json for notebooks (pd.DataFrame(rows)); every function skips arms without the measure.
+
+SWEEP_FILE = "write_rule_sweep.json"
+
+
+def lifetime_rows(results: dict) -> list[dict]:
+    """Entry lifetime quantiles (tokens) per LTM arm, next to the window, the receptive field and the distances."""
+    rows = []
+    for arm, res in results.items():
+        life = res.get("ltm_entry_lifetime") if isinstance(res, dict) else None
+        if life:
+            run = res.get("run", {})
+            rows.append({"arm": arm, **{k: life["quantiles"][k] for k in sorted(life["quantiles"])},
+                         "evicted": life["evicted"], "censored": life["censored"], "window": run.get("window"),
+                         "receptive_field": run.get("receptive_field"),
+                         "distances": ", ".join(map(str, run.get("recall_distances", [])))})
+    return rows
+
+
+def in_memory_rows(results: dict) -> list[dict]:
+    """Passkey recall (exact, log2 p) on all items and on the in-memory / not-in-memory subsets, by distance."""
+    rows = []
+    for arm, res in results.items():
+        table = res.get("recall_in_memory") if isinstance(res, dict) else None
+        for d, parts in (table or {}).get("by_distance", {}).items():
+            row = {"arm": arm, "distance": int(d)}
+            for part, v in parts.items():
+                row.update({f"{part}_exact": v["exact"], f"{part}_logprob_bits": v["logprob_bits"], f"{part}_n": v["n"]})
+            rows.append(row)
+    return rows
+
+
+def cosine_rows(results: dict) -> list[dict]:
+    """Cosine quantiles (max over heads) and shares above the cut, question/answer pairs vs random pairs."""
+    rows = []
+    for arm, res in results.items():
+        cos = res.get("answer_key_cosine") if isinstance(res, dict) else None
+        for pairs in ("answer", "random") if cos else ():
+            s = cos[pairs]
+            rows.append({"arm": arm, "pairs": pairs, **{f"max_{k}": v for k, v in s["max_over_heads"].items()},
+                         "per_head_q50": s["per_head"]["q50"], "share_above_cut (per head)": s["share_above_cut"],
+                         "share_any_head_above_cut": s["share_any_head_above_cut"], "n": s["n"], "cut": cos["cut"]})
+    return rows
+
+
+def induction_rows(results: dict) -> list[dict]:
+    """Induction score (nats/token) per arm with its interval and the two copies' losses."""
+    return [{"arm": arm, "score_nats": r["induction"]["score_nats"], "ci95_low": r["induction"]["ci95"][0],
+             "ci95_high": r["induction"]["ci95"][1], "first_copy_nats": r["induction"]["first_copy_nats"],
+             "second_copy_nats": r["induction"]["second_copy_nats"], "uniform_nats": r["induction"]["uniform_nats"]}
+            for arm, r in results.items() if isinstance(r, dict) and "induction" in r]
+
+
+def sweep_figure(rows: list[dict]):
+    """Four panels over the sweep's settings: routed ratio, median entry lifetime, recall log2 p, BPC."""
+    from matplotlib.figure import Figure
+
+    labels = [r["label"] for r in rows]
+    fig = Figure(figsize=(16, 3.8), layout="constrained")
+    axes = fig.subplots(1, 4)
+    panels = (("routed_token_ratio", "routed token ratio"), ("lifetime_median", "median entry lifetime (tokens)"),
+              (("in_window_logprob_bits", "beyond_window_logprob_bits"), "answer log2 p per token"), ("bpc", "BPC"))
+    x = np.arange(len(rows))
+    for ax, (key, title) in zip(axes, panels):
+        keys = key if isinstance(key, tuple) else (key,)
+        for j, k in enumerate(keys):
+            ax.bar(x + (j - (len(keys) - 1) / 2) * 0.4, [r[k] for r in rows], width=0.8 / len(keys),
+                   label=k.replace("_logprob_bits", "").replace("_", " ") if len(keys) > 1 else None)
+        if key == "lifetime_median" and rows:
+            ax.axhline(rows[0]["window"], color="#d62728", ls=":", label=f"window ({rows[0]['window']})")
+            ax.axhline(rows[0]["receptive_field"], color="#9467bd", ls="-.",
+                       label=f"receptive field ({rows[0]['receptive_field']})")
+        ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    trained = rows[0].get("trained_rule", "?") if rows else "?"
+    fig.suptitle(f"Write rule swept at evaluation time (weights trained under: {trained})", fontsize=10)
+    return fig
