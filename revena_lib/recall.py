@@ -238,7 +238,9 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
     points at the answer's own tokens inside the fact, ``RecallItem.fact_answer_span``; for ``wrong_key`` the
     other number planted there), ``answer_written`` (every answer token of the fact was written to the LTM) and
     ``answer_in_memory`` (each was still held, written and not yet evicted, when the position predicting the
-    corresponding answer token read the memory; ``revena_lib.memory_stats.in_memory``).
+    corresponding answer token read the memory; ``revena_lib.memory_stats.in_memory``), ``answer_any_in_memory``
+    (at least one was) and ``answer_tokens_in_memory`` (the share that was: with a small vocabulary a number is
+    several tokens, and the digits after the first are often below the write threshold).
 
     Items are batched by length (right-padded with EOT; causal attention and a write-then-read-later
     memory mean padding after the answer cannot change the answer's logits). ``max_batch_tokens``
@@ -284,6 +286,8 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
                 "useful_hit": 0,
                 "answer_written": 0,
                 "answer_in_memory": 0,
+                "answer_any_in_memory": 0,
+                "answer_tokens_in_memory": 0.0,
             }
             if trace is not None:
                 hits = trace.hit_count[row, :len(it.tokens)] > 0                 # (T,)
@@ -309,10 +313,11 @@ def _answer_in_memory(trace, row: int, it: RecallItem, span: tuple[int, int], cf
     routed = trace.routed[row, :len(it.tokens)]
     held = in_memory(routed, cfg.ltm_capacity, cfg.chunk_size, keys, pred)
     return {"useful_hit": int(bool(((pos >= start) & (pos < start + n)).any())),
-            "answer_written": int(bool(routed[start:start + n].all())), "answer_in_memory": int(held.all())}
+            "answer_written": int(bool(routed[start:start + n].all())), "answer_in_memory": int(held.all()),
+            "answer_any_in_memory": int(held.any()), "answer_tokens_in_memory": float(held.mean())}
 
 
-TRACE_SHARES = ("useful_hit", "answer_written", "answer_in_memory")
+TRACE_SHARES = ("useful_hit", "answer_written", "answer_in_memory", "answer_any_in_memory", "answer_tokens_in_memory")
 
 
 def in_memory_recall(score_lists: list[list[dict]], window: int = 128) -> dict:
@@ -333,13 +338,15 @@ def in_memory_recall(score_lists: list[list[dict]], window: int = 128) -> dict:
     def split(sub):
         held = [r for r in sub if r.get("answer_in_memory", 0)]
         return {"all": block(sub), "in_memory": block(held),
-                "not_in_memory": block([r for r in sub if not r.get("answer_in_memory", 0)])}
+                "not_in_memory": block([r for r in sub if not r.get("answer_in_memory", 0)]),
+                "any_in_memory": block([r for r in sub if r.get("answer_any_in_memory", 0)])}
 
     distances = sorted({r["distance"] for r in rows})
     return {"by_distance": {str(d): split([r for r in rows if r["distance"] == d]) for d in distances},
             "beyond_window": split([r for r in rows if r["distance"] > window]),
             "note": "passkey items pooled over seeds as (seed, item) pairs; in_memory: every answer token of the "
-                    "planted fact was written and not yet evicted when the position predicting it read the LTM"}
+                    "planted fact was written and not yet evicted when the position predicting it read the LTM; "
+                    "any_in_memory: at least one was"}
 
 
 def summarize_recall(scores: list[dict], window: int = 128) -> dict:

@@ -218,6 +218,11 @@ def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo
     table = in_memory_recall([[good, near], [evicted]])
     assert table["by_distance"]["192"]["in_memory"]["n"] == 1 and table["by_distance"]["192"]["all"]["n"] == 3
     assert table["beyond_window"]["not_in_memory"]["n"] == 2
+    # only the first answer token written: some of the answer is held, not all of it
+    [first] = score_recall_items(TracedModel(item, start, [start]), [item])
+    assert first["answer_any_in_memory"] == 1 and first["answer_in_memory"] == 0 and first["answer_written"] == int(n == 1)
+    assert first["answer_tokens_in_memory"] == pytest.approx(1 / item.answer_len)
+    assert in_memory_recall([[first]])["by_distance"]["192"]["any_in_memory"]["n"] == 1
 
 
 def test_more_items_where_they_are_needed_keeps_the_first_ones(val):
