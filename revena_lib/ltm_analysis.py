@@ -154,7 +154,8 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
 
     The weights stay those trained under the run's own rule (the brief's 4.5 bits); each setting only changes which
     tokens the memory writes while the documents and recall items are read. Documents and items are the preset's
-    EvalConfig ones (``max_docs`` / ``items_per_distance`` shrink them). Returns one dict per setting: ``setting``,
+    EvalConfig ones (``max_docs`` / ``items_per_distance`` change them; every distance gets
+    ``recall_items_per_distance`` items unless ``items_per_distance`` is given). Returns one dict per setting: ``setting``,
     ``label``, ``bpc``, ``routed_token_ratio``, ``lifetime_*`` (tokens), and recall exact / log2 p / share of answers
     still in memory / useful hits, in the window, beyond it and beyond the receptive field.
     """
@@ -162,7 +163,7 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     from revena_lib.config import get_preset
     from revena_lib.data import load_split
     from revena_lib.device import autocast, select_device
-    from revena_lib.evaluate import EvalError, evaluation_documents, recall_item_counts
+    from revena_lib.evaluate import EvalError, evaluation_documents
     from revena_lib.recall import make_recall_items
 
     device = select_device(device)
@@ -174,9 +175,10 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     docs = evaluation_documents(val, max_docs or ecfg.max_docs, ecfg.max_tokens_per_doc, ecfg.doc_seed)
     trained = model.cfg
     window, field = trained.window, trained.n_layer * (trained.window - 1)
-    counts = ({int(d): items_per_distance for d in ecfg.recall_distances} if items_per_distance
-              else recall_item_counts(ecfg, field))
-    items = make_recall_items(val, ecfg.recall_distances, counts, ecfg.recall_seed)
+    # the preset's recall_items_per_distance at every distance (not its larger count beyond the receptive field):
+    # a sweep scores every setting, and its rows are a hint, not the headline
+    items = make_recall_items(val, ecfg.recall_distances, items_per_distance or ecfg.recall_items_per_distance,
+                              ecfg.recall_seed)
     rows = []
     for setting in settings:
         model.cfg = dataclasses.replace(trained, **setting)
