@@ -361,10 +361,11 @@ def _memory_measures(scored: _Scored, window: int, ecfg) -> dict:
     if scored.cosines:
         cut = scored.cosines[0]["cut"]
         raw = {k: np.concatenate([np.array(c["raw"][k], float).reshape(len(c["raw"][k]), -1) for c in scored.cosines])
-               for k in ("answer", "random")}
+               for k in ("answer", "random", "every")}
         dist = np.concatenate([np.array(c["raw"]["distance"]) for c in scored.cosines])
         out["answer_key_cosine"] = {
             "answer": cosine_summary(raw["answer"], cut), "random": cosine_summary(raw["random"], cut), "cut": cut,
+            "answer_every_token": cosine_summary(raw["every"], cut),
             "by_distance": {str(d): cosine_summary(raw["answer"][dist == d], cut) for d in sorted(set(dist.tolist()))},
             "per_seed_share_any_head_above_cut": {str(s): c["answer"]["share_any_head_above_cut"]
                                                   for s, c in zip(scored.seeds, scored.cosines)},

@@ -75,15 +75,17 @@ def answer_key_cosines(model, items: list[RecallItem], n_random: int = 8, seed: 
     For every passkey item with a planted fact: the query at ``answer_start - 1`` (it predicts the first answer
     token) against the key at the fact's first answer token. Random pairs: ``n_random`` per item, a query position
     after the first chunk and an entry the LTM wrote in an earlier chunk of the same item (any earlier position if
-    none was written). Returns {"answer": summary, "random": summary, "cut", "by_distance", "raw"} where a summary
-    holds quantiles and the share above the cut (``cosine_summary``) and "raw" the (N, H) arrays as lists.
+    none was written). "answer_every_token" pairs the query predicting each answer token with that token's key in
+    the fact (a small vocabulary splits a number into several tokens, the first of which may be a bare space).
+    Returns {"answer", "random", "answer_every_token": summary, "cut", "by_distance", "raw"} where a summary holds
+    quantiles and the share above the cut (``cosine_summary``) and "raw" the (N, H) arrays as lists.
     """
     cfg = _core(model).cfg
     chunk, cut = cfg.chunk_size, cfg.ltm_similarity_threshold
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     chosen = [it for it in items if it.kind == "passkey" and it.fact_answer_span() is not None]
-    answer, random, distance = [], [], []
+    answer, every, random, distance = [], [], [], []
     for s in range(0, len(chosen), batch_size):
         batch = chosen[s:s + batch_size]
         T = max(len(it.tokens) for it in batch)
@@ -94,8 +96,10 @@ def answer_key_cosines(model, items: list[RecallItem], n_random: int = 8, seed: 
             routed = model(idx.to(device), introspect=True).trace.routed                 # (B, T)
         q, k = got["q"].cpu(), got["k"].cpu()                                            # (B, H, Tp, D)
         for row, it in enumerate(batch):
-            key = it.fact_answer_span()[0]
+            key, n = it.fact_answer_span()
             answer.append((q[row, :, it.answer_start - 1] * k[row, :, key]).sum(-1).numpy())   # (H,)
+            for j in range(min(n, it.answer_len)):   # every answer token: the query predicting it vs its key
+                every.append((q[row, :, it.answer_start - 1 + j] * k[row, :, key + j]).sum(-1).numpy())
             distance.append(it.distance)
             for _ in range(n_random if len(it.tokens) > chunk else 0):
                 t = int(rng.integers(chunk, len(it.tokens)))
@@ -104,10 +108,13 @@ def answer_key_cosines(model, items: list[RecallItem], n_random: int = 8, seed: 
                 p = int(rng.choice(written if len(written) else np.arange(earlier)))
                 random.append((q[row, :, t] * k[row, :, p]).sum(-1).numpy())
     answer, random = np.array(answer).reshape(len(answer), -1), np.array(random).reshape(len(random), -1)
+    every = np.array(every).reshape(len(every), -1)
     dist = np.array(distance)
     return {"answer": cosine_summary(answer, cut), "random": cosine_summary(random, cut), "cut": cut,
+            "answer_every_token": cosine_summary(every, cut),
             "by_distance": {str(d): cosine_summary(answer[dist == d], cut) for d in sorted(set(distance))},
-            "raw": {"answer": answer.tolist(), "random": random.tolist(), "distance": dist.tolist()},
+            "raw": {"answer": answer.tolist(), "random": random.tolist(), "every": every.tolist(),
+                    "distance": dist.tolist()},
             "note": "cosine of unit query and unit key per head of the memory layer (before RoPE), as the LTM reads "
                     "them; answer: the query predicting the first answer token vs the key of the planted fact's "
                     "answer token; random: a query vs an entry written in an earlier chunk of the same item"}
@@ -236,7 +243,7 @@ def cosine_rows(results: dict) -> list[dict]:
     rows = []
     for arm, res in results.items():
         cos = res.get("answer_key_cosine") if isinstance(res, dict) else None
-        for pairs in ("answer", "random") if cos else ():
+        for pairs in [p for p in ("answer", "answer_every_token", "random") if p in cos] if cos else ():
             s = cos[pairs]
             rows.append({"arm": arm, "pairs": pairs, **{f"max_{k}": v for k, v in s["max_over_heads"].items()},
                          "per_head_q50": s["per_head"]["q50"], "share_above_cut (per head)": s["share_above_cut"],

@@ -45,6 +45,7 @@ def test_answer_key_cosines_pair_the_question_with_the_planted_answer(smoke_data
     out = answer_key_cosines(model, items, n_random=4, batch_size=3, eot=50256)
     answer, random = np.array(out["raw"]["answer"]), np.array(out["raw"]["random"])
     assert answer.shape == (6, model.cfg.n_head) and random.shape == (24, model.cfg.n_head)
+    assert out["answer_every_token"]["n"] == sum(i.answer_len for i in items if i.kind == "passkey")
     assert (np.abs(answer) <= 1 + 1e-5).all() and (np.abs(random) <= 1 + 1e-5).all()
     assert set(out["by_distance"]) == {"32", "256"} and out["cut"] == 0.8
     s = out["answer"]
