@@ -151,7 +151,8 @@ def measure_setting(model, docs, items, device, window: int, receptive_field: in
         row.update({f"{name}_exact": mean(rows, "exact_match"), f"{name}_logprob_bits": mean(rows, "answer_logprob_bits"),
                     f"{name}_answer_in_memory": mean(rows, "answer_in_memory"),
                     f"{name}_answer_any_in_memory": mean(rows, "answer_any_in_memory"),
-                    f"{name}_useful_hit": mean(rows, "useful_hit"), f"{name}_n": len(rows)})
+                    f"{name}_useful_hit": mean(rows, "useful_hit"), f"{name}_aligned_hit": mean(rows, "aligned_hit"),
+                    f"{name}_n": len(rows)})
     return row
 
 

@@ -236,7 +236,8 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
     ``answer_hit_in_fact`` (one of those positions' top hits points anywhere into the planted fact's span,
     question words and tail included: a hit near the key, not yet a useful one), ``useful_hit`` (one of them
     points at the answer's own tokens inside the fact, ``RecallItem.fact_answer_span``; for ``wrong_key`` the
-    other number planted there), ``answer_written`` (every answer token of the fact was written to the LTM) and
+    other number planted there), ``aligned_hit`` (stricter: the position predicting answer token j has a top hit
+    on the fact's answer token j itself, the entry a copy needs, not just any digit of the key), ``answer_written`` (every answer token of the fact was written to the LTM) and
     ``answer_in_memory`` (each was still held, written and not yet evicted, when the position predicting the
     corresponding answer token read the memory; ``revena_lib.memory_stats.in_memory``), ``answer_any_in_memory``
     (at least one was) and ``answer_tokens_in_memory`` (the share that was: with a small vocabulary a number is
@@ -284,6 +285,7 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
                 "answer_hit": 0,
                 "answer_hit_in_fact": 0,
                 "useful_hit": 0,
+                "aligned_hit": 0,
                 "answer_written": 0,
                 "answer_in_memory": 0,
                 "answer_any_in_memory": 0,
@@ -312,12 +314,13 @@ def _answer_in_memory(trace, row: int, it: RecallItem, span: tuple[int, int], cf
     pos = trace.top_hit_positions[row, pred[0]:pred[-1] + 1]                 # (A, K)
     routed = trace.routed[row, :len(it.tokens)]
     held = in_memory(routed, cfg.ltm_capacity, cfg.chunk_size, keys, pred)
-    return {"useful_hit": int(bool(((pos >= start) & (pos < start + n)).any())),
+    aligned = (pos == torch.as_tensor(keys)[:, None]).any()               # answer token j's query -> its own key
+    return {"useful_hit": int(bool(((pos >= start) & (pos < start + n)).any())), "aligned_hit": int(bool(aligned)),
             "answer_written": int(bool(routed[start:start + n].all())), "answer_in_memory": int(held.all()),
             "answer_any_in_memory": int(held.any()), "answer_tokens_in_memory": float(held.mean())}
 
 
-TRACE_SHARES = ("useful_hit", "answer_written", "answer_in_memory", "answer_any_in_memory", "answer_tokens_in_memory")
+TRACE_SHARES = ("useful_hit", "aligned_hit", "answer_written", "answer_in_memory", "answer_any_in_memory", "answer_tokens_in_memory")
 
 
 def in_memory_recall(score_lists: list[list[dict]], window: int = 128) -> dict:

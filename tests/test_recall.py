@@ -194,7 +194,11 @@ class TracedModel(OracleModel):
         routed = torch.zeros(B, T, dtype=torch.bool)
         routed[:, self.routed_positions] = True
         top = torch.full((B, T, TOP_HITS), -1)
-        top[:, :, 0] = self.hit_at
+        if isinstance(self.hit_at, dict):   # {query position: hit position}
+            for t, p in self.hit_at.items():
+                top[:, t, 0] = p
+        else:
+            top[:, :, 0] = self.hit_at
         out.trace = MemoryTrace(torch.zeros(B, T), routed, torch.ones(B, T, dtype=torch.long), top, top.clone(),
                                 torch.zeros(B, T, TOP_HITS), torch.zeros(B, 1), torch.zeros(B, 1))
         return out
@@ -210,6 +214,11 @@ def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo
     answer_positions = list(range(start, start + n))
     [good] = score_recall_items(TracedModel(item, start, answer_positions), [item])
     assert good["answer_hit_in_fact"] == 1 and good["useful_hit"] == 1
+    assert good["aligned_hit"] == 1                            # the first answer token's query hit its own key
+    # each answer position hits the NEXT answer token's key: on the answer (useful), but never its own (not aligned)
+    swapped = {item.answer_start - 1 + j: start + (j + 1) % n for j in range(item.answer_len)}
+    [shifted] = score_recall_items(TracedModel(item, swapped, answer_positions), [item])
+    assert n > 1 and shifted["useful_hit"] == 1 and shifted["aligned_hit"] == 0
     assert good["answer_written"] == 1 and good["answer_in_memory"] == 1
     # written, then pushed out of an n-entry FIFO by n later writes before the question's chunk
     later = [item.fact_end + 70 + k for k in range(n)]
