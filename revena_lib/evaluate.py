@@ -383,7 +383,8 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
     # Per-item scores averaged over seeds, for the by-distance tables (intervals come from the matrices).
     mean_scores = [dict(rows[0], **{k: float(np.mean([r[k] for r in rows])) for k in
                                     ("exact_match", "answer_logprob_bits", "memory_hit_rate", "answer_hit",
-                                     "answer_hit_in_fact", "useful_hit", "aligned_hit", "answer_written", "answer_in_memory",
+                                     "answer_hit_in_fact", "useful_hit", "aligned_hit", "same_token_hit",
+                                     "answer_written", "answer_in_memory",
                                      "answer_any_in_memory", "answer_tokens_in_memory")})
                    for rows in zip(*scored.recall)]
     summary = summarize_recall(mean_scores, window=window)

@@ -152,6 +152,7 @@ def measure_setting(model, docs, items, device, window: int, receptive_field: in
                     f"{name}_answer_in_memory": mean(rows, "answer_in_memory"),
                     f"{name}_answer_any_in_memory": mean(rows, "answer_any_in_memory"),
                     f"{name}_useful_hit": mean(rows, "useful_hit"), f"{name}_aligned_hit": mean(rows, "aligned_hit"),
+                    f"{name}_same_token_hit": mean(rows, "same_token_hit"),
                     f"{name}_n": len(rows)})
     return row
 

@@ -237,7 +237,9 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
     question words and tail included: a hit near the key, not yet a useful one), ``useful_hit`` (one of them
     points at the answer's own tokens inside the fact, ``RecallItem.fact_answer_span``; for ``wrong_key`` the
     other number planted there), ``aligned_hit`` (stricter: the position predicting answer token j has a top hit
-    on the fact's answer token j itself, the entry a copy needs, not just any digit of the key), ``answer_written`` (every answer token of the fact was written to the LTM) and
+    on the fact's answer token j itself, the entry a copy needs, not just any digit of the key), ``same_token_hit``
+    (the position predicting answer token j >= 1, which holds answer token j-1, hits the fact's token j-1: the earlier
+    copy of its own token, whose value is not the next token), ``answer_written`` (every answer token of the fact was written to the LTM) and
     ``answer_in_memory`` (each was still held, written and not yet evicted, when the position predicting the
     corresponding answer token read the memory; ``revena_lib.memory_stats.in_memory``), ``answer_any_in_memory``
     (at least one was) and ``answer_tokens_in_memory`` (the share that was: with a small vocabulary a number is
@@ -286,6 +288,7 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
                 "answer_hit_in_fact": 0,
                 "useful_hit": 0,
                 "aligned_hit": 0,
+                "same_token_hit": 0,
                 "answer_written": 0,
                 "answer_in_memory": 0,
                 "answer_any_in_memory": 0,
@@ -307,7 +310,8 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
 
 
 def _answer_in_memory(trace, row: int, it: RecallItem, span: tuple[int, int], cfg) -> dict:
-    """useful_hit, answer_written and answer_in_memory of one item from the trace (see score_recall_items)."""
+    """useful_hit, aligned_hit, same_token_hit and the in-memory flags of one item, from the trace (see
+    score_recall_items)."""
     start, n = span
     pred = np.arange(it.answer_len) + it.answer_start - 1                   # positions predicting answer token j
     keys = start + np.minimum(np.arange(it.answer_len), n - 1)              # the fact's answer token j
@@ -315,12 +319,17 @@ def _answer_in_memory(trace, row: int, it: RecallItem, span: tuple[int, int], cf
     routed = trace.routed[row, :len(it.tokens)]
     held = in_memory(routed, cfg.ltm_capacity, cfg.chunk_size, keys, pred)
     aligned = (pos == torch.as_tensor(keys)[:, None]).any()               # answer token j's query -> its own key
+    # the query predicting token j sits on answer token j-1: a hit on the fact's token j-1 found the earlier copy of
+    # the query's own token (a lookup by identity), whose value is that token, not the next one a copy needs
+    same = (pos[1:] == torch.as_tensor(keys[:-1])[:, None]).any() if it.answer_len > 1 else torch.tensor(False)
     return {"useful_hit": int(bool(((pos >= start) & (pos < start + n)).any())), "aligned_hit": int(bool(aligned)),
+            "same_token_hit": int(bool(same)),
             "answer_written": int(bool(routed[start:start + n].all())), "answer_in_memory": int(held.all()),
             "answer_any_in_memory": int(held.any()), "answer_tokens_in_memory": float(held.mean())}
 
 
-TRACE_SHARES = ("useful_hit", "aligned_hit", "answer_written", "answer_in_memory", "answer_any_in_memory", "answer_tokens_in_memory")
+TRACE_SHARES = ("useful_hit", "aligned_hit", "same_token_hit", "answer_written", "answer_in_memory",
+                "answer_any_in_memory", "answer_tokens_in_memory")
 
 
 def in_memory_recall(score_lists: list[list[dict]], window: int = 128) -> dict:

@@ -218,7 +218,11 @@ def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo
     # each answer position hits the NEXT answer token's key: on the answer (useful), but never its own (not aligned)
     swapped = {item.answer_start - 1 + j: start + (j + 1) % n for j in range(item.answer_len)}
     [shifted] = score_recall_items(TracedModel(item, swapped, answer_positions), [item])
-    assert n > 1 and shifted["useful_hit"] == 1 and shifted["aligned_hit"] == 0
+    assert n > 1 and shifted["useful_hit"] == 1 and shifted["aligned_hit"] == 0 and shifted["same_token_hit"] == 0
+    # each answer position hits the fact's copy of the token it sits on (j-1): a lookup by identity
+    own = {item.answer_start - 1 + j: start + j - 1 for j in range(1, item.answer_len)}
+    [same] = score_recall_items(TracedModel(item, own, answer_positions), [item])
+    assert same["same_token_hit"] == 1 and same["aligned_hit"] == 0 and same["useful_hit"] == 1
     assert good["answer_written"] == 1 and good["answer_in_memory"] == 1
     # written, then pushed out of an n-entry FIFO by n later writes before the question's chunk
     later = [item.fact_end + 70 + k for k in range(n)]
