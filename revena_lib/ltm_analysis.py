@@ -262,26 +262,41 @@ def induction_rows(results: dict) -> list[dict]:
 
 
 def sweep_figure(rows: list[dict]):
-    """Four panels over the sweep's settings: routed ratio, median entry lifetime, recall log2 p, BPC."""
+    """Four panels over the sweep's settings: routed ratio; median entry lifetime; share of answers (some token) still
+    in memory when asked and of useful hits, beyond the window and the receptive field; answer log2 p and BPC."""
     from matplotlib.figure import Figure
 
     labels = [r["label"] for r in rows]
-    fig = Figure(figsize=(16, 3.8), layout="constrained")
-    axes = fig.subplots(1, 4)
-    panels = (("routed_token_ratio", "routed token ratio"), ("lifetime_median", "median entry lifetime (tokens)"),
-              (("in_window_logprob_bits", "beyond_window_logprob_bits"), "answer log2 p per token"), ("bpc", "BPC"))
     x = np.arange(len(rows))
-    for ax, (key, title) in zip(axes, panels):
-        keys = key if isinstance(key, tuple) else (key,)
-        for j, k in enumerate(keys):
-            ax.bar(x + (j - (len(keys) - 1) / 2) * 0.4, [r[k] for r in rows], width=0.8 / len(keys),
-                   label=k.replace("_logprob_bits", "").replace("_", " ") if len(keys) > 1 else None)
-        if key == "lifetime_median" and rows:
-            ax.axhline(rows[0]["window"], color="#d62728", ls=":", label=f"window ({rows[0]['window']})")
-            ax.axhline(rows[0]["receptive_field"], color="#9467bd", ls="-.",
-                       label=f"receptive field ({rows[0]['receptive_field']})")
-        ax.set_xticks(x, labels, rotation=25, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=10)
+    fig = Figure(figsize=(17, 4.2), layout="constrained")
+    axes = fig.subplots(1, 4)
+    axes[0].bar(x, [r["routed_token_ratio"] for r in rows])
+    axes[0].set_title("routed token ratio", fontsize=10)
+    life = [r["lifetime_median"] for r in rows]
+    axes[1].bar(x, [v if v is not None and np.isfinite(v) else 0 for v in life])
+    for i, v in enumerate(life):
+        if v is None or not np.isfinite(v):   # the FIFO never filled: nothing was evicted
+            axes[1].annotate("never evicted", (i, 0), ha="center", va="bottom", fontsize=7, rotation=90)
+    if rows:
+        axes[1].axhline(rows[0]["window"], color="#d62728", ls=":", label=f"window ({rows[0]['window']})")
+        axes[1].axhline(rows[0]["receptive_field"], color="#9467bd", ls="-.",
+                        label=f"receptive field ({rows[0]['receptive_field']})")
+    axes[1].set_title("median entry lifetime (tokens)", fontsize=10)
+    shares = (("beyond_window_answer_any_in_memory", "answer in memory, > window"),
+              ("beyond_field_answer_any_in_memory", "answer in memory, > receptive field"),
+              ("beyond_field_useful_hit", "useful hit, > receptive field"))
+    for j, (key, name) in enumerate(shares):
+        axes[2].bar(x + (j - 1) * 0.27, [r.get(key, np.nan) for r in rows], width=0.27, label=name)
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_title("answer (some token) held when asked; hits on it", fontsize=10)
+    for key, name, style in (("in_window_logprob_bits", "in window", "o-"),
+                             ("beyond_window_logprob_bits", "beyond window", "s-"),
+                             ("beyond_field_logprob_bits", "beyond receptive field", "^-")):
+        axes[3].plot(x, [r[key] for r in rows], style, label=name)
+    axes[3].set_title("answer log2 p per token; BPC in the labels", fontsize=10)
+    for ax in axes:
+        ax.set_xticks(x, [f"{lab}\nBPC {r['bpc']:.4f}" if ax is axes[3] else lab for lab, r in zip(labels, rows)],
+                      rotation=25, ha="right", fontsize=8)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     trained = rows[0].get("trained_rule", "?") if rows else "?"

@@ -84,6 +84,9 @@ def test_write_rule_sweep_changes_only_the_writes(ltm_run, monkeypatch):
         assert r["trained_rule"] == "surprisal > 4.5 bits"
     # fewer writes, longer lives (a 3-step model writes nearly every token at 4.5 bits)
     assert rows[2]["lifetime_median"] > rows[0]["lifetime_median"] or np.isnan(rows[2]["lifetime_median"])
+    from revena_lib.ltm_analysis import sweep_figure
+
+    assert len(sweep_figure(rows).axes) == 4
     # the loaded model's own rule is restored: a second sweep of the first setting gives the same numbers
     again = write_rule_sweep(run_dir, settings[:1], preset="smoke", items_per_distance=2)
     assert again[0]["bpc"] == pytest.approx(rows[0]["bpc"]) and again[0]["routed_token_ratio"] == rows[0]["routed_token_ratio"]
