@@ -40,7 +40,10 @@ DETAILS_FILE = "results_details.json"
 THROUGHPUT_WARMUP_BATCHES = 2
 POSITION_BUCKETS = ((0, 128), (128, 512), (512, None))   # token positions in a document: where a memory can help
 # metric -> (lower is better?) for comparisons and verdicts
-COMPARED = {"bpc": True, "bits_per_byte": True, "long_range_recall": False, "long_range_recall_logprob_bits": False}
+COMPARED = {"bpc": True, "bits_per_byte": True, "long_range_recall": False, "long_range_recall_logprob_bits": False,
+            # passkey items beyond the receptive field of the stacked windows (n_layer x (window - 1)): only a memory
+            # can reach them (recall_items_beyond_field gives them enough items for an interval)
+            "recall_beyond_field": False, "recall_beyond_field_logprob_bits": False}
 
 
 class EvalError(RuntimeError):
@@ -389,6 +392,8 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
                    for rows in zip(*scored.recall)]
     summary = summarize_recall(mean_scores, window=window)
     exact, logprob = (_recall_matrix(scored, k, beyond) for k in ("exact_match", "answer_logprob_bits"))
+    far = np.array([it.kind == "passkey" and it.distance > _receptive_field(scored, window) for it in items])
+    far_exact, far_logprob = (_recall_matrix(scored, k, far) for k in ("exact_match", "answer_logprob_bits"))
     rates = [memory_rates(c) for c in scored.counts]
     rate = lambda key: float(np.mean([r[key] for r in rates])) if scored.has_memory else 0.0
     spec = ARMS.get(arm)
@@ -412,6 +417,9 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
         "bits_per_byte": stats.point(scored.nll, n_bytes),
         "bpc_by_position": by_position,
         "long_range_recall_logprob_bits": stats.point(logprob),
+        "recall_beyond_field": stats.point(far_exact),                  # passkey, distance > n_layer x (window - 1)
+        "recall_beyond_field_logprob_bits": stats.point(far_logprob),
+        "recall_beyond_field_items": int(far.sum()),
         "control_recall": summary["control_recall"],
         "control_recall_logprob_bits": summary["control_recall_logprob_bits"],
         # controls that could falsify a memory (beyond the window): no fact planted (guessing), another key planted
@@ -426,6 +434,8 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
             "bits_per_byte": stats.hierarchical_ci(scored.nll, n_bytes, samples, seed),
             "long_range_recall": stats.hierarchical_ci(exact, None, samples, seed),
             "long_range_recall_logprob_bits": stats.hierarchical_ci(logprob, None, samples, seed),
+            "recall_beyond_field": stats.hierarchical_ci(far_exact, None, samples, seed),
+            "recall_beyond_field_logprob_bits": stats.hierarchical_ci(far_logprob, None, samples, seed),
             "tokens_per_sec": throughput["ci95"],
             "note": "95% bootstrap resampling seeds, then documents (bpc) or recall items (recall): includes "
                     "training noise; tokens_per_sec: median over timed batches, bootstrap of the median",
@@ -449,6 +459,10 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
     }
 
 
+def _receptive_field(scored: _Scored, window: int) -> int:
+    return int((scored.configs[0].get("model") or {}).get("n_layer", 1)) * (window - 1)
+
+
 def _comparison(reference: _Scored, scored: _Scored, docs, items, window, ecfg, against: str) -> dict:
     """Each COMPARED metric of ``scored`` minus ``reference``, with interval and verdict, plus one sentence."""
     chars = np.array([d["characters"] for d in docs], float)
@@ -456,8 +470,12 @@ def _comparison(reference: _Scored, scored: _Scored, docs, items, window, ecfg, 
     beyond = np.array([it.kind == "passkey" and it.distance > window for it in items])
     paired = [str(s) for s in reference.seeds] == [str(s) for s in scored.seeds]
     values = {"bpc": (reference.nll, scored.nll, chars), "bits_per_byte": (reference.nll, scored.nll, n_bytes)}
-    for key, item_key in (("long_range_recall", "exact_match"), ("long_range_recall_logprob_bits", "answer_logprob_bits")):
-        values[key] = (_recall_matrix(reference, item_key, beyond), _recall_matrix(scored, item_key, beyond), None)
+    far = np.array([it.kind == "passkey" and it.distance > _receptive_field(scored, window) for it in items])
+    for key, item_key, mask in (("long_range_recall", "exact_match", beyond),
+                                ("long_range_recall_logprob_bits", "answer_logprob_bits", beyond),
+                                ("recall_beyond_field", "exact_match", far),
+                                ("recall_beyond_field_logprob_bits", "answer_logprob_bits", far)):
+        values[key] = (_recall_matrix(reference, item_key, mask), _recall_matrix(scored, item_key, mask), None)
     out = {"against": against}
     for key, lower_is_better in COMPARED.items():
         a, b, den = values[key]

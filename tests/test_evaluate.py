@@ -102,8 +102,13 @@ def test_results_json_has_the_briefs_schema(trained_home, results):
     assert set(comparisons) == {"with_ltm", "ltm_random_write", "with_ltm_reads_off", "with_ltm_vs_with_ltm_reads_off"}
     vs = comparisons["with_ltm"]
     assert vs["bpc"]["diff"] == pytest.approx(on_disk["with_ltm"]["bpc"] - on_disk["baseline"]["bpc"])
-    for key in ("bpc", "bits_per_byte", "long_range_recall", "long_range_recall_logprob_bits"):
+    for key in ("bpc", "bits_per_byte", "long_range_recall", "long_range_recall_logprob_bits", "recall_beyond_field",
+                "recall_beyond_field_logprob_bits"):
         assert vs[key]["verdict"] in ("better", "worse", "no detectable difference")
+    # smoke: 2 layers x 127 = 254 reach, so distance 256 (4 items) is beyond the receptive field
+    assert on_disk["with_ltm"]["recall_beyond_field_items"] == 4
+    assert on_disk["with_ltm"]["recall_beyond_field_logprob_bits"] == pytest.approx(
+        on_disk["with_ltm"]["recall_by_distance"]["256"]["logprob_bits"])
     assert any(line.startswith("with_ltm vs baseline: BPC: ") for line in verdict_lines(on_disk))
     assert on_disk["reference"]["unigram_bpc"] > on_disk["baseline"]["bpc"] * 0.5
     evaluation = on_disk["baseline"]["run"]
