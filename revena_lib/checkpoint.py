@@ -11,6 +11,7 @@ leaves half a file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def check_model_config(path: Path, saved: dict, expected: dict) -> None:
-    """Refuse a checkpoint whose model config differs from the one we are about to build."""
+    """Refuse a checkpoint whose model config differs from the one we are about to build. A field the checkpoint
+    lacks (added to ModelConfig after it was saved) counts as that field's default, which is what loading gives it."""
+    defaults = dataclasses.asdict(ModelConfig())
+    saved = {**{k: defaults[k] for k in expected if k not in saved and k in defaults}, **saved}
     if saved != expected:
         diff = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs requested {expected.get(k)!r}" for k in diff)

@@ -43,7 +43,9 @@ class ModelConfig:
     ltm_capacity: int = 256         # entries per sequence, FIFO eviction when full
     ltm_write_threshold_bits: float = 4.5   # write tokens whose surprisal is strictly above this
     ltm_write_rule: str = "surprisal"       # "surprisal" (the brief), or "random": as many tokens per chunk as the
-                                            # surprisal rule would write, chosen uniformly (the ablation arm)
+                                            # surprisal rule would write, chosen uniformly (the ablation arm), or
+                                            # "topk": the ltm_write_topk most surprising tokens of each chunk
+    ltm_write_topk: int = 8                 # tokens per chunk under the "topk" rule (evaluation-time sweep)
     ltm_similarity_threshold: float = 0.8   # a memory entry is a hit when cosine(query, key) is strictly above this
     ltm_layer: int = -1             # which attention layer owns the memory (negative counts from the end)
     ltm_score_temperature: float = 0.1      # softmax over hit cosines uses cosine / temperature
@@ -83,8 +85,12 @@ class ModelConfig:
         if not -self.n_layer <= self.ltm_layer < self.n_layer:
             raise ValueError(f"ModelConfig: ltm_layer={self.ltm_layer} must name one of the {self.n_layer} layers "
                              f"(0..{self.n_layer - 1}, or negative from the end)")
-        if self.ltm_write_rule not in ("surprisal", "random"):
-            raise ValueError(f"ModelConfig: ltm_write_rule={self.ltm_write_rule!r} must be 'surprisal' or 'random'")
+        if self.ltm_write_rule not in ("surprisal", "random", "topk"):
+            raise ValueError(f"ModelConfig: ltm_write_rule={self.ltm_write_rule!r} must be 'surprisal', 'random' "
+                             "or 'topk'")
+        if self.ltm_write_topk < 1:
+            raise ValueError(f"ModelConfig: ltm_write_topk={self.ltm_write_topk} must be >= 1 (tokens written per "
+                             "chunk under ltm_write_rule='topk')")
         if self.ltm_capacity < 1 or self.ltm_score_temperature <= 0:
             raise ValueError(f"ModelConfig: ltm_capacity={self.ltm_capacity} must be >= 1 and "
                              f"ltm_score_temperature={self.ltm_score_temperature} > 0")
@@ -145,6 +151,8 @@ class EvalConfig:
     batch_size: int = 8
     recall_distances: tuple[int, ...] = (32, 64, 96, 192, 256, 384, 512, 768, 1024)
     recall_items_per_distance: int = 64
+    recall_items_beyond_field: int = 0   # items per distance beyond the receptive field (n_layer x (window - 1)), where
+                                         # only a memory can recall and intervals need the most items (0 = as above)
     recall_seed: int = 2024
     bootstrap_samples: int = 2000
     throughput_tokens: int = 32_768  # tokens timed for tokens_per_sec, after warm-up ...
@@ -196,10 +204,11 @@ def _cpu() -> Preset:
                           log_interval=10, eval_interval=150, eval_batches=8,
                           recall_mix=0.5, recall_facts_per_row=8, recall_induction=0.2),
         # Distances 32 and 96 are inside the 128-token window (the fact is visible), 192 and 384 between the window
-        # and the receptive field (508), 768 beyond it.
+        # and the receptive field (508), 768 beyond it. 200 items at 768 (16 elsewhere), so an interval beyond the
+        # receptive field can exclude zero (issue 10): the cheapest way there, since only that distance grows.
         eval=EvalConfig(max_docs=16, max_tokens_per_doc=2048, batch_size=8,
                         recall_distances=(32, 96, 192, 384, 768), recall_items_per_distance=16,
-                        throughput_tokens=8192),
+                        recall_items_beyond_field=200, throughput_tokens=8192),
     )
 
 

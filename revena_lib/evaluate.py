@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,10 @@ DETAILS_FILE = "results_details.json"
 THROUGHPUT_WARMUP_BATCHES = 2
 POSITION_BUCKETS = ((0, 128), (128, 512), (512, None))   # token positions in a document: where a memory can help
 # metric -> (lower is better?) for comparisons and verdicts
-COMPARED = {"bpc": True, "bits_per_byte": True, "long_range_recall": False, "long_range_recall_logprob_bits": False}
+COMPARED = {"bpc": True, "bits_per_byte": True, "long_range_recall": False, "long_range_recall_logprob_bits": False,
+            # passkey items beyond the receptive field of the stacked windows (n_layer x (window - 1)): only a memory
+            # can reach them (recall_items_beyond_field gives them enough items for an interval)
+            "recall_beyond_field": False, "recall_beyond_field_logprob_bits": False}
 
 
 class EvalError(RuntimeError):
@@ -95,10 +98,20 @@ def evaluation_documents(split, max_docs: int, max_tokens_per_doc: int, seed: in
 
 
 @torch.inference_mode()
-def document_nll(model, docs: list[dict], device: torch.device, progress: bool = False, **switches) -> dict:
+def document_nll(model, docs: list[dict], device: torch.device, progress: bool = False, lifetimes: bool = False,
+                 **switches) -> dict:
     """Per-document NLL in bits, per position bucket too (memory empty at each document's start: one forward call
     each), and the memory's summed counts. ``switches`` go to forward (e.g. memory_read=False).
-    The surprisal comes from fp32 log-probabilities whatever the autocast dtype of the forward pass."""
+    The surprisal comes from fp32 log-probabilities whatever the autocast dtype of the forward pass.
+    ``lifetimes`` (LTM models): also the lifetimes in tokens of the entries each document evicted, and the number
+    still held at its end (``revena_lib.memory_stats``), from the trace (introspect=True)."""
+    from revena_lib.memory_stats import entry_lifetimes
+
+    cfg = getattr(model, "cfg", None)
+    lifetimes = lifetimes and bool(getattr(cfg, "use_ltm", False))
+    if lifetimes:
+        switches = {**switches, "introspect": True}
+    lives, censored = [], 0
     nll_bits, bucket_bits, counts = [], [], {}
     iterator = docs
     if progress:
@@ -113,8 +126,13 @@ def document_nll(model, docs: list[dict], device: torch.device, progress: bool =
         bucket_bits.append([float(bits[lo:hi].sum()) for lo, hi in POSITION_BUCKETS])
         for key, value in (out.stats or {}).items():
             counts[key] = counts.get(key, 0.0) + float(value)
+        if lifetimes:
+            evicted, held = entry_lifetimes(out.trace.routed[0], cfg.ltm_capacity)
+            lives.append(evicted)
+            censored += held
     return {"nll_bits": np.array(nll_bits), "bucket_bits": np.array(bucket_bits),        # (D,), (D, buckets)
-            "counts": counts, "predicted_tokens": int(sum(len(d["tokens"]) - 1 for d in docs))}
+            "counts": counts, "predicted_tokens": int(sum(len(d["tokens"]) - 1 for d in docs)),
+            "lifetimes": lives, "censored": censored}
 
 
 def unigram_document_bits(train_split, docs: list[dict], vocab_size: int) -> np.ndarray:
@@ -174,6 +192,13 @@ def measure_throughput(models: dict, batches: list[torch.Tensor], device: torch.
                     "timed_tokens": int(tokens * len(timed)), "batch_size": int(timed[0].shape[0]),
                     "seq_len": int(timed[0].shape[1]), "statistic": "median over timed batches"}
     return out
+
+
+def recall_item_counts(ecfg: EvalConfig, receptive_field: int) -> dict[int, int]:
+    """{distance: items} of an EvalConfig: recall_items_per_distance, or recall_items_beyond_field (when set) for
+    distances beyond the receptive field of the stacked windows."""
+    far = ecfg.recall_items_beyond_field or ecfg.recall_items_per_distance
+    return {int(d): (far if d > receptive_field else ecfg.recall_items_per_distance) for d in ecfg.recall_distances}
 
 
 class ForwardWith(torch.nn.Module):
@@ -263,6 +288,10 @@ class _Scored:
     configs: list
     num_parameters: int
     has_memory: bool
+    lifetimes: list = field(default_factory=list)    # per seed: evicted entries' lifetimes (tokens), all documents
+    censored: list = field(default_factory=list)     # per seed: entries still held at documents' ends
+    cosines: list = field(default_factory=list)      # per seed: ltm_analysis.answer_key_cosines (LTM read on)
+    induction: list = field(default_factory=list)    # per seed: induction.induction_score
 
 
 def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> tuple[_Scored, torch.nn.Module]:
@@ -270,17 +299,30 @@ def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> 
     from revena_lib.checkpoint import load_model
     from revena_lib.device import autocast
 
+    from revena_lib.induction import induction_score
+    from revena_lib.ltm_analysis import answer_key_cosines
+
     seeds, nll, buckets, recall, counts, configs, first = [], [], [], [], [], [], None
+    lifetimes, censored, cosines, induction = [], [], [], []
     for run_dir in run_dirs:
         torch.manual_seed(ecfg.recall_seed)   # the random-write arm draws its writes: the same draws every evaluation
         model, config = load_model(run_dir, device=device)
         if switches:
             model = ForwardWith(model, **switches)
         log(f"evaluate: {arm} seed {config.get('seed')} ({run_dir})")
+        ltm = bool(getattr(model.cfg, "use_ltm", False))
+        eot = docs[0]["tokenizer"].eot_token
         with autocast(device):
-            measured = document_nll(model, docs, device, **({"progress": True} if log.verbose else {}))
+            measured = document_nll(model, docs, device, lifetimes=ltm, **({"progress": True} if log.verbose else {}))
             recall.append(score_recall_items(model, items, device=device, batch_size=ecfg.batch_size,
                                              tokenizer=docs[0]["tokenizer"]))
+            if ltm and (not switches or switches.get("memory_read", True)):
+                cosines.append(answer_key_cosines(model, items, seed=ecfg.recall_seed, batch_size=ecfg.batch_size,
+                                                  eot=eot))
+            induction.append(induction_score(model, eot=eot, seed=ecfg.recall_seed, batch_size=ecfg.batch_size))
+        if ltm:
+            lifetimes.append(np.concatenate(measured["lifetimes"]) if measured["lifetimes"] else np.zeros(0))
+            censored.append(measured["censored"])
         seeds.append(config.get("seed", run_dir.name))
         nll.append(measured["nll_bits"])
         buckets.append(measured["bucket_bits"])
@@ -289,11 +331,49 @@ def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> 
         first = model if first is None else first
     memory = bool(getattr(first.cfg, "use_ltm", False)) and (not switches or switches.get("memory_read", True))
     return _Scored(seeds, np.stack(nll), np.stack(buckets), recall, counts, list(map(str, run_dirs)), configs,
-                   int(first.num_parameters()), memory), first
+                   int(first.num_parameters()), memory, lifetimes, censored, cosines, induction), first
 
 
 def _recall_matrix(scored: _Scored, key: str, mask: np.ndarray) -> np.ndarray:
     return np.array([[r[key] for r, keep in zip(rows, mask) if keep] for rows in scored.recall], float)  # (S, N')
+
+
+def _memory_measures(scored: _Scored, window: int, ecfg) -> dict:
+    """Induction score (every arm); for arms with an LTM: entry lifetime, recall on the subset of items whose answer
+    was still in memory when asked, and (reads on) the cosines of question queries with answer keys."""
+    from revena_lib.ltm_analysis import cosine_summary
+    from revena_lib.memory_stats import lifetime_summary
+    from revena_lib.recall import in_memory_recall
+
+    per_seq = np.array([r["per_sequence"] for r in scored.induction], float)               # (S, N)
+    first = scored.induction[0]
+    out = {"induction": {
+        "score_nats": stats.point(per_seq),
+        "ci95": stats.hierarchical_ci(per_seq, None, ecfg.bootstrap_samples, ecfg.recall_seed),
+        "first_copy_nats": float(np.mean([r["first_copy_nats"] for r in scored.induction])),
+        "second_copy_nats": float(np.mean([r["second_copy_nats"] for r in scored.induction])),
+        "uniform_nats": first["uniform_nats"], "span_len": first["span_len"], "n_seqs": first["n_seqs"],
+        "per_seed": {str(s): r["score_nats"] for s, r in zip(scored.seeds, scored.induction)},
+        "note": "loss on the first copy of a repeated random-token span minus that on the second, nats/token "
+                "(0 = no copying; uniform_nats = perfect copying); 95% interval resamples seeds, then sequences"}}
+    if scored.lifetimes:
+        out["ltm_entry_lifetime"] = {**lifetime_summary(scored.lifetimes, int(sum(scored.censored))),
+                                     "per_seed_median": {str(s): float(np.median(x)) if len(x) else float("nan")
+                                                         for s, x in zip(scored.seeds, scored.lifetimes)}}
+        out["recall_in_memory"] = in_memory_recall(scored.recall, window)
+    if scored.cosines:
+        cut = scored.cosines[0]["cut"]
+        raw = {k: np.concatenate([np.array(c["raw"][k], float).reshape(len(c["raw"][k]), -1) for c in scored.cosines])
+               for k in ("answer", "random", "every")}
+        dist = np.concatenate([np.array(c["raw"]["distance"]) for c in scored.cosines])
+        out["answer_key_cosine"] = {
+            "answer": cosine_summary(raw["answer"], cut), "random": cosine_summary(raw["random"], cut), "cut": cut,
+            "answer_every_token": cosine_summary(raw["every"], cut),
+            "by_distance": {str(d): cosine_summary(raw["answer"][dist == d], cut) for d in sorted(set(dist.tolist()))},
+            "per_seed_share_any_head_above_cut": {str(s): c["answer"]["share_any_head_above_cut"]
+                                                  for s, c in zip(scored.seeds, scored.cosines)},
+            "note": scored.cosines[0]["note"] + "; pooled over seeds"}
+    return out
 
 
 def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) -> dict:
@@ -306,10 +386,14 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
     # Per-item scores averaged over seeds, for the by-distance tables (intervals come from the matrices).
     mean_scores = [dict(rows[0], **{k: float(np.mean([r[k] for r in rows])) for k in
                                     ("exact_match", "answer_logprob_bits", "memory_hit_rate", "answer_hit",
-                                     "answer_hit_in_fact")})
+                                     "answer_hit_in_fact", "useful_hit", "aligned_hit", "same_token_hit",
+                                     "answer_written", "answer_in_memory",
+                                     "answer_any_in_memory", "answer_tokens_in_memory")})
                    for rows in zip(*scored.recall)]
     summary = summarize_recall(mean_scores, window=window)
     exact, logprob = (_recall_matrix(scored, k, beyond) for k in ("exact_match", "answer_logprob_bits"))
+    far = np.array([it.kind == "passkey" and it.distance > _receptive_field(scored, window) for it in items])
+    far_exact, far_logprob = (_recall_matrix(scored, k, far) for k in ("exact_match", "answer_logprob_bits"))
     rates = [memory_rates(c) for c in scored.counts]
     rate = lambda key: float(np.mean([r[key] for r in rates])) if scored.has_memory else 0.0
     spec = ARMS.get(arm)
@@ -333,6 +417,9 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
         "bits_per_byte": stats.point(scored.nll, n_bytes),
         "bpc_by_position": by_position,
         "long_range_recall_logprob_bits": stats.point(logprob),
+        "recall_beyond_field": stats.point(far_exact),                  # passkey, distance > n_layer x (window - 1)
+        "recall_beyond_field_logprob_bits": stats.point(far_logprob),
+        "recall_beyond_field_items": int(far.sum()),
         "control_recall": summary["control_recall"],
         "control_recall_logprob_bits": summary["control_recall_logprob_bits"],
         # controls that could falsify a memory (beyond the window): no fact planted (guessing), another key planted
@@ -341,11 +428,14 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
         "routed_token_ratio": rate("routed_token_ratio"),
         "avg_surprisal_routed": rate("avg_surprisal_routed"),
         "recall_by_distance": summary["recall_by_distance"],
+        **_memory_measures(scored, window, ecfg),
         "ci95": {
             "bpc": stats.hierarchical_ci(scored.nll, chars, samples, seed),
             "bits_per_byte": stats.hierarchical_ci(scored.nll, n_bytes, samples, seed),
             "long_range_recall": stats.hierarchical_ci(exact, None, samples, seed),
             "long_range_recall_logprob_bits": stats.hierarchical_ci(logprob, None, samples, seed),
+            "recall_beyond_field": stats.hierarchical_ci(far_exact, None, samples, seed),
+            "recall_beyond_field_logprob_bits": stats.hierarchical_ci(far_logprob, None, samples, seed),
             "tokens_per_sec": throughput["ci95"],
             "note": "95% bootstrap resampling seeds, then documents (bpc) or recall items (recall): includes "
                     "training noise; tokens_per_sec: median over timed batches, bootstrap of the median",
@@ -369,6 +459,10 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
     }
 
 
+def _receptive_field(scored: _Scored, window: int) -> int:
+    return int((scored.configs[0].get("model") or {}).get("n_layer", 1)) * (window - 1)
+
+
 def _comparison(reference: _Scored, scored: _Scored, docs, items, window, ecfg, against: str) -> dict:
     """Each COMPARED metric of ``scored`` minus ``reference``, with interval and verdict, plus one sentence."""
     chars = np.array([d["characters"] for d in docs], float)
@@ -376,8 +470,12 @@ def _comparison(reference: _Scored, scored: _Scored, docs, items, window, ecfg, 
     beyond = np.array([it.kind == "passkey" and it.distance > window for it in items])
     paired = [str(s) for s in reference.seeds] == [str(s) for s in scored.seeds]
     values = {"bpc": (reference.nll, scored.nll, chars), "bits_per_byte": (reference.nll, scored.nll, n_bytes)}
-    for key, item_key in (("long_range_recall", "exact_match"), ("long_range_recall_logprob_bits", "answer_logprob_bits")):
-        values[key] = (_recall_matrix(reference, item_key, beyond), _recall_matrix(scored, item_key, beyond), None)
+    far = np.array([it.kind == "passkey" and it.distance > _receptive_field(scored, window) for it in items])
+    for key, item_key, mask in (("long_range_recall", "exact_match", beyond),
+                                ("long_range_recall_logprob_bits", "answer_logprob_bits", beyond),
+                                ("recall_beyond_field", "exact_match", far),
+                                ("recall_beyond_field_logprob_bits", "answer_logprob_bits", far)):
+        values[key] = (_recall_matrix(reference, item_key, mask), _recall_matrix(scored, item_key, mask), None)
     out = {"against": against}
     for key, lower_is_better in COMPARED.items():
         a, b, den = values[key]
@@ -438,7 +536,8 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
                 check_same_tokenizer(read_config(run_dir).get("tokenizer"), data_tokenizer, str(run_dir))
             except TokenizerError as e:
                 raise EvalError(str(e)) from None
-    items = make_recall_items(val, ecfg.recall_distances, ecfg.recall_items_per_distance, ecfg.recall_seed)
+    field_reach = int(base_config.get("model", {}).get("n_layer", 1)) * (window - 1)
+    items = make_recall_items(val, ecfg.recall_distances, recall_item_counts(ecfg, field_reach), ecfg.recall_seed)
     log = _Log(progress)
     log(f"evaluate: arms {', '.join(runs)}; {len(docs)} validation documents, {len(items)} recall items, device {device}")
 
@@ -471,6 +570,7 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
         "truncated_documents": int(sum(d["truncated"] for d in docs)),
         "recall_items": len(items), "recall_distances": list(ecfg.recall_distances),
         "recall_items_per_distance": ecfg.recall_items_per_distance, "recall_seed": ecfg.recall_seed,
+        "recall_items_by_distance": {str(d): n for d, n in recall_item_counts(ecfg, field_reach).items()},
         "recall_headline": f"passkey exact match (greedy, teacher-forced), mean over distances > {window}",
         "throughput": {k: v for k, v in throughput[BASELINE].items() if k not in ("tokens_per_sec", "ci95")},
         "bootstrap_samples": ecfg.bootstrap_samples,

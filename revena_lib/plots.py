@@ -137,10 +137,14 @@ def results_figure(results: dict) -> Figure:
     if "with_ltm" in results:
         d, hit = _by_distance(results, "with_ltm", "memory_hit_rate")
         _, answer_hit = _by_distance(results, "with_ltm", "answer_hit")
-        _, useful = _by_distance(results, "with_ltm", "answer_hit_in_fact")
+        _, near = _by_distance(results, "with_ltm", "answer_hit_in_fact")
+        _, useful = _by_distance(results, "with_ltm", "useful_hit")
+        _, held = _by_distance(results, "with_ltm", "answer_in_memory")
         ax.plot(d, hit, "o-", color=_colour("with_ltm"), label="tokens with >= 1 hit")
         ax.plot(d, answer_hit, "^-", color="#ff7f0e", label="answer position hit")
-        ax.plot(d, useful, "v-", color="#2ca02c", label="answer hit points into the fact")
+        ax.plot(d, near, "v:", color="#98df8a", label="... anywhere in the fact")
+        ax.plot(d, useful, "v-", color="#2ca02c", label="... on the answer's tokens (useful)")
+        ax.plot(d, held, "s--", color="#7f7f7f", label="answer still in memory when asked")
         ax.axhline(results["with_ltm"].get("memory_hit_rate", math.nan), color="#999999", lw=1,
                    label="validation documents")
     ax.set(title="LTM hit rate by recall distance", xlabel="filler tokens between fact and question",
@@ -153,6 +157,9 @@ def results_figure(results: dict) -> Figure:
         ax.axvline(window, color="#d62728", ls=":", lw=1.5, label=f"window ({window})")
         if field:
             ax.axvline(field, color="#9467bd", ls="-.", lw=1.5, label=f"receptive field ({field})")
+        lifetime = (results.get("with_ltm", {}).get("ltm_entry_lifetime") or {}).get("median")
+        if lifetime:
+            ax.axvline(lifetime, color="#1f77b4", ls="--", lw=1, label=f"LTM entry lifetime, median ({lifetime:.0f})")
         ax.legend(fontsize=7)
         if distances and min(distances) > 0:
             ax.set_xscale("log", base=2)
@@ -196,7 +203,9 @@ def results_plotly(results: dict):
     if "with_ltm" in results:
         for key, name, colour in (("memory_hit_rate", "tokens with >= 1 hit", _colour("with_ltm")),
                                   ("answer_hit", "answer position hit", "#ff7f0e"),
-                                  ("answer_hit_in_fact", "answer hit points into the fact", "#2ca02c")):
+                                  ("answer_hit_in_fact", "... anywhere in the fact", "#98df8a"),
+                                  ("useful_hit", "... on the answer's tokens (useful)", "#2ca02c"),
+                                  ("answer_in_memory", "answer still in memory when asked", "#7f7f7f")):
             d, y = _by_distance(results, "with_ltm", key)
             fig.add_trace(go.Scatter(x=d, y=y, mode="lines+markers", name=name, line=dict(color=colour)),
                           row=2, col=3)

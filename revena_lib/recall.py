@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from revena_lib.memory_stats import in_memory
 from revena_lib.tokenizer import get_tokenizer
 
 PASSKEY_QUESTION = " The pass key is"
@@ -45,6 +46,9 @@ class RecallItem:
     predict them from ``tokens[:answer_start]`` (and, teacher-forced, the earlier answer tokens).
     ``fact_start``/``fact_end`` delimit the planted fact (``-1`` if unknown); ``distance`` is the
     number of filler tokens between the end of the fact and the start of the question.
+    ``fact_answer_start``/``fact_answer_len`` locate the answer's tokens inside the planted fact (for ``wrong_key``:
+    the other number planted there), the positions a useful memory hit must point at; ``-1`` (hand-made items):
+    found by searching the answer tokens in the fact span (``fact_answer_span``).
     Built by hand:
 
         enc = get_tokenizer(); context = enc.encode(" The code is 4417. Some text. The code is")
@@ -62,6 +66,8 @@ class RecallItem:
     fact_start: int = -1
     fact_end: int = -1
     doc_index: int = -1            # validation document the real text came from (-1: hand-made or joined)
+    fact_answer_start: int = -1    # the answer's tokens inside the planted fact (-1: unknown, searched for)
+    fact_answer_len: int = -1
 
     def __post_init__(self):
         self.tokens = [int(t) for t in self.tokens]
@@ -74,6 +80,21 @@ class RecallItem:
     @property
     def answer_tokens(self) -> list[int]:
         return self.tokens[self.answer_start:self.answer_start + self.answer_len]
+
+    def fact_answer_span(self) -> tuple[int, int] | None:
+        """(start, length) of the answer's tokens inside the planted fact, or None (no fact, or not found).
+
+        Uses ``fact_answer_start``/``fact_answer_len`` when set; otherwise the last occurrence of the answer tokens
+        inside ``tokens[fact_start:fact_end]`` (a hand-made fact "The code is 4417." holds its answer once)."""
+        if self.fact_answer_start >= 0:
+            return self.fact_answer_start, max(1, self.fact_answer_len if self.fact_answer_len > 0 else self.answer_len)
+        if self.fact_start < 0 or self.fact_end <= self.fact_start:
+            return None
+        answer, n = self.answer_tokens, self.answer_len
+        for start in range(self.fact_end - n, self.fact_start - 1, -1):
+            if self.tokens[start:start + n] == answer:
+                return start, n
+        return None
 
 
 def _document_bodies(filler, eot: int) -> list[np.ndarray]:
@@ -110,7 +131,7 @@ def _other_key(rng: np.random.Generator, key: str) -> str:
             return other
 
 
-def make_recall_items(filler, distances, items_per_distance: int, seed: int, tokenizer=None) -> list[RecallItem]:
+def make_recall_items(filler, distances, items_per_distance, seed: int, tokenizer=None) -> list[RecallItem]:
     """Passkey and control items planted in real text; deterministic for a given (filler, seed).
 
     For every distance D and every i < items_per_distance one item of each kind in ``KINDS`` is made from the
@@ -139,6 +160,8 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int, tok
         The control item of the same pair: "... the ocean The color of the boat is yellow. with danger,
         ... as they The color of the boat is yellow", answer " yellow" (1 token, answer_start 70).
 
+    ``items_per_distance``: an int, or a {distance: count} dict (e.g. more items beyond the receptive field, where
+    recall is rare and intervals need many items); the first n items of a distance do not depend on the count.
     ``tokenizer``: the one the filler's tokens were made with (default: a TokenSplit's own, else the prepared
     data's). ``filler``: a ``TokenSplit`` (validation split) or a list of token arrays. Documents with at least
     P + D text tokens are used; if none is long enough, all documents are joined (their EOTs dropped)
@@ -155,7 +178,8 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int, tok
         distance = int(distance)
         if distance < 0:
             raise RecallError(f"make_recall_items: distance must be >= 0, got {distance}")
-        for i in range(items_per_distance):
+        count = items_per_distance.get(distance, 0) if isinstance(items_per_distance, dict) else items_per_distance
+        for i in range(int(count)):
             rng = np.random.default_rng([seed, distance, i])
             prefix_len = int(rng.integers(PREFIX_TOKENS[0], PREFIX_TOKENS[1] + 1))
             need = prefix_len + distance
@@ -177,15 +201,20 @@ def make_recall_items(filler, distances, items_per_distance: int, seed: int, tok
             other = _other_key(rng, answer_text)   # drawn last: the passkey and control draws stay as they were
             planted["wrong_key"] = (question + enc.encode(other) + enc.encode(PASSKEY_TAIL), question, answer,
                                     answer_text)
+            # the answer inside each fact: the fact is question + answer (+ tail), so it follows the question
+            planted_len = {"passkey": len(answer), "control": len(planted["control"][2]), "no_fact": -1,
+                           "wrong_key": len(enc.encode(other))}
             for kind in KINDS:
                 fact, question, answer, answer_text = planted[kind]
                 tokens = [enc.eot_token] + prefix + fact + gap + question + answer
                 fact_start = 1 + prefix_len
                 fact_end = fact_start + len(fact)
                 answer_start = fact_end + distance + len(question)
+                in_fact = fact_start + len(question) if fact else -1
                 items.append(RecallItem(tokens=tokens, answer_start=answer_start, answer_len=len(answer),
                                         distance=distance, kind=kind, answer_text=answer_text,
-                                        fact_start=fact_start, fact_end=fact_end, doc_index=doc_index))
+                                        fact_start=fact_start, fact_end=fact_end, doc_index=doc_index,
+                                        fact_answer_start=in_fact, fact_answer_len=planted_len[kind]))
                 assert enc.decode(items[-1].answer_tokens) == answer_text
     return items
 
@@ -203,8 +232,18 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
     ``answer_logprob_bits`` (mean log2 p of the answer tokens, <= 0; higher is better), ``distance``,
     ``kind``, ``answer_text``, ``predicted_text`` (the greedy tokens at the answer positions), and,
     from the LTM trace (0 for the baseline): ``memory_hit_rate`` (share of the item's tokens with at
-    least one hit), ``answer_hit`` (a memory hit at a position predicting the answer) and
-    ``answer_hit_in_fact`` (one of those hits points into the planted fact: a useful hit).
+    least one hit), ``answer_hit`` (a memory hit at a position predicting the answer),
+    ``answer_hit_in_fact`` (one of those positions' top hits points anywhere into the planted fact's span,
+    question words and tail included: a hit near the key, not yet a useful one), ``useful_hit`` (one of them
+    points at the answer's own tokens inside the fact, ``RecallItem.fact_answer_span``; for ``wrong_key`` the
+    other number planted there), ``aligned_hit`` (stricter: the position predicting answer token j has a top hit
+    on the fact's answer token j itself, the entry a copy needs, not just any digit of the key), ``same_token_hit``
+    (the position predicting answer token j >= 1, which holds answer token j-1, hits the fact's token j-1: the earlier
+    copy of its own token, whose value is not the next token), ``answer_written`` (every answer token of the fact was written to the LTM) and
+    ``answer_in_memory`` (each was still held, written and not yet evicted, when the position predicting the
+    corresponding answer token read the memory; ``revena_lib.memory_stats.in_memory``), ``answer_any_in_memory``
+    (at least one was) and ``answer_tokens_in_memory`` (the share that was: with a small vocabulary a number is
+    several tokens, and the digits after the first are often below the write threshold).
 
     Items are batched by length (right-padded with EOT; causal attention and a write-then-read-later
     memory mean padding after the answer cannot change the answer's logits). ``max_batch_tokens``
@@ -247,6 +286,13 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
                 "memory_hit_rate": 0.0,
                 "answer_hit": 0,
                 "answer_hit_in_fact": 0,
+                "useful_hit": 0,
+                "aligned_hit": 0,
+                "same_token_hit": 0,
+                "answer_written": 0,
+                "answer_in_memory": 0,
+                "answer_any_in_memory": 0,
+                "answer_tokens_in_memory": 0.0,
             }
             if trace is not None:
                 hits = trace.hit_count[row, :len(it.tokens)] > 0                 # (T,)
@@ -256,8 +302,63 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
                     pos = trace.top_hit_positions[row, pred_pos]                 # (A, K)
                     in_fact = (pos >= it.fact_start) & (pos < it.fact_end)
                     scores["answer_hit_in_fact"] = int(bool(in_fact.any()))
+                span = it.fact_answer_span()
+                if span is not None:
+                    scores.update(_answer_in_memory(trace, row, it, span, model.cfg))
             results[k] = scores
     return results
+
+
+def _answer_in_memory(trace, row: int, it: RecallItem, span: tuple[int, int], cfg) -> dict:
+    """useful_hit, aligned_hit, same_token_hit and the in-memory flags of one item, from the trace (see
+    score_recall_items)."""
+    start, n = span
+    pred = np.arange(it.answer_len) + it.answer_start - 1                   # positions predicting answer token j
+    keys = start + np.minimum(np.arange(it.answer_len), n - 1)              # the fact's answer token j
+    pos = trace.top_hit_positions[row, pred[0]:pred[-1] + 1]                 # (A, K)
+    routed = trace.routed[row, :len(it.tokens)]
+    held = in_memory(routed, cfg.ltm_capacity, cfg.chunk_size, keys, pred)
+    aligned = (pos == torch.as_tensor(keys)[:, None]).any()               # answer token j's query -> its own key
+    # the query predicting token j sits on answer token j-1: a hit on the fact's token j-1 found the earlier copy of
+    # the query's own token (a lookup by identity), whose value is that token, not the next one a copy needs
+    same = (pos[1:] == torch.as_tensor(keys[:-1])[:, None]).any() if it.answer_len > 1 else torch.tensor(False)
+    return {"useful_hit": int(bool(((pos >= start) & (pos < start + n)).any())), "aligned_hit": int(bool(aligned)),
+            "same_token_hit": int(bool(same)),
+            "answer_written": int(bool(routed[start:start + n].all())), "answer_in_memory": int(held.all()),
+            "answer_any_in_memory": int(held.any()), "answer_tokens_in_memory": float(held.mean())}
+
+
+TRACE_SHARES = ("useful_hit", "aligned_hit", "same_token_hit", "answer_written", "answer_in_memory",
+                "answer_any_in_memory", "answer_tokens_in_memory")
+
+
+def in_memory_recall(score_lists: list[list[dict]], window: int = 128) -> dict:
+    """Passkey recall on all items and on the subset whose answer was still in the LTM when asked, by distance.
+
+    ``score_lists``: one list of ``score_recall_items`` dicts per seed (the same items). Items are pooled over
+    seeds as (seed, item) pairs, because whether an item's answer was held differs between seeds' models.
+    Returns {"by_distance": {d: {"all": {exact, logprob_bits, n}, "in_memory": {...}, "not_in_memory": {...}}},
+    "beyond_window": {...}} (n = 0 and NaN means where a subset is empty: e.g. always, for a model without LTM).
+    """
+    rows = [r for scores in score_lists for r in scores if r["kind"] == "passkey"]
+
+    def block(sub):
+        return {"exact": float(np.mean([r["exact_match"] for r in sub])) if sub else float("nan"),
+                "logprob_bits": float(np.mean([r["answer_logprob_bits"] for r in sub])) if sub else float("nan"),
+                "n": len(sub)}
+
+    def split(sub):
+        held = [r for r in sub if r.get("answer_in_memory", 0)]
+        return {"all": block(sub), "in_memory": block(held),
+                "not_in_memory": block([r for r in sub if not r.get("answer_in_memory", 0)]),
+                "any_in_memory": block([r for r in sub if r.get("answer_any_in_memory", 0)])}
+
+    distances = sorted({r["distance"] for r in rows})
+    return {"by_distance": {str(d): split([r for r in rows if r["distance"] == d]) for d in distances},
+            "beyond_window": split([r for r in rows if r["distance"] > window]),
+            "note": "passkey items pooled over seeds as (seed, item) pairs; in_memory: every answer token of the "
+                    "planted fact was written and not yet evicted when the position predicting it read the LTM; "
+                    "any_in_memory: at least one was"}
 
 
 def summarize_recall(scores: list[dict], window: int = 128) -> dict:
@@ -278,7 +379,7 @@ def summarize_recall(scores: list[dict], window: int = 128) -> dict:
             row[f"{kind}_exact"], row[f"{kind}_logprob_bits"] = mean(at, "exact_match"), mean(at, "answer_logprob_bits")
         row.update({"memory_hit_rate": mean(p + others["control"], "memory_hit_rate"),
                     "answer_hit": mean(p, "answer_hit"), "answer_hit_in_fact": mean(p, "answer_hit_in_fact"),
-                    "n": len(p)})
+                    **{k: mean(p, k) for k in TRACE_SHARES if all(k in r for r in p)}, "n": len(p)})
         by_distance[str(d)] = row
     out = {"long_range_recall": mean(beyond, "exact_match"),
            "long_range_recall_logprob_bits": mean(beyond, "answer_logprob_bits")}

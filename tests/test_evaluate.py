@@ -102,12 +102,33 @@ def test_results_json_has_the_briefs_schema(trained_home, results):
     assert set(comparisons) == {"with_ltm", "ltm_random_write", "with_ltm_reads_off", "with_ltm_vs_with_ltm_reads_off"}
     vs = comparisons["with_ltm"]
     assert vs["bpc"]["diff"] == pytest.approx(on_disk["with_ltm"]["bpc"] - on_disk["baseline"]["bpc"])
-    for key in ("bpc", "bits_per_byte", "long_range_recall", "long_range_recall_logprob_bits"):
+    for key in ("bpc", "bits_per_byte", "long_range_recall", "long_range_recall_logprob_bits", "recall_beyond_field",
+                "recall_beyond_field_logprob_bits"):
         assert vs[key]["verdict"] in ("better", "worse", "no detectable difference")
+    # smoke: 2 layers x 127 = 254 reach, so distance 256 (4 items) is beyond the receptive field
+    assert on_disk["with_ltm"]["recall_beyond_field_items"] == 4
+    assert on_disk["with_ltm"]["recall_beyond_field_logprob_bits"] == pytest.approx(
+        on_disk["with_ltm"]["recall_by_distance"]["256"]["logprob_bits"])
     assert any(line.startswith("with_ltm vs baseline: BPC: ") for line in verdict_lines(on_disk))
     assert on_disk["reference"]["unigram_bpc"] > on_disk["baseline"]["bpc"] * 0.5
     evaluation = on_disk["baseline"]["run"]
     assert len(evaluation["documents"]) == 3 and evaluation["truncated_documents"] >= 1
+    # issue 10's measurements: induction score for every arm; lifetime, in-memory subset and cosines with an LTM
+    for arm in result_arms(on_disk):
+        ind = on_disk[arm]["induction"]
+        assert ind["first_copy_nats"] - ind["second_copy_nats"] == pytest.approx(ind["score_nats"], abs=1e-6)
+        assert set(ind["per_seed"]) == {"1337"} and ind["ci95"][0] <= ind["score_nats"] <= ind["ci95"][1]
+    assert "ltm_entry_lifetime" not in on_disk["baseline"] and "answer_key_cosine" not in on_disk["baseline"]
+    assert "answer_key_cosine" not in on_disk["with_ltm_reads_off"]      # reads off: no read to compare
+    for arm in ("with_ltm", "ltm_random_write", "with_ltm_reads_off"):
+        life = on_disk[arm]["ltm_entry_lifetime"]
+        assert life["evicted"] + life["censored"] > 0 and set(life["quantiles"]) == {"q10", "q25", "q50", "q75", "q90"}
+        table = on_disk[arm]["recall_in_memory"]["by_distance"]["32"]
+        assert table["in_memory"]["n"] + table["not_in_memory"]["n"] == table["all"]["n"] == on_disk[arm]["recall_by_distance"]["32"]["n"]
+        assert 0 <= on_disk[arm]["recall_by_distance"]["32"]["answer_in_memory"] <= 1
+    cosine = on_disk["with_ltm"]["answer_key_cosine"]
+    assert cosine["cut"] == 0.8 and cosine["answer"]["n"] == on_disk["with_ltm"]["recall_by_distance"]["32"]["n"] * 2
+    assert 0 <= cosine["random"]["share_any_head_above_cut"] <= 1
     details = json.loads((trained_home / "results" / "results_details.json").read_text())
     assert len(details["arms"]["with_ltm"]["recall"][0]) == evaluation["recall_items"]
 

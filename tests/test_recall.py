@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from revena_lib.config import get_preset
-from revena_lib.recall import (PASSKEY_QUESTION, RecallError, RecallItem, make_recall_items, score_recall_items,
+from revena_lib.recall import (PASSKEY_QUESTION, RecallError, RecallItem, in_memory_recall, make_recall_items,
+                               score_recall_items,
                                summarize_recall)
 from revena_lib.tokenizer import EOT_ID, get_tokenizer
 
@@ -150,3 +151,101 @@ def test_tiny_model_scores_are_sane_and_batching_changes_nothing(val, use_ltm):
         assert 0.0 <= a["memory_hit_rate"] <= 1.0
         if not use_ltm:
             assert a["memory_hit_rate"] == 0.0 and a["answer_hit"] == 0
+
+
+def test_fact_answer_span_points_at_the_answer_inside_the_fact(val):
+    enc = get_tokenizer()
+    items = make_recall_items(val, (32, 256), 2, seed=11)
+    for it in items:
+        span = it.fact_answer_span()
+        if it.kind == "no_fact":
+            assert span is None
+            continue
+        start, n = span
+        assert it.fact_start < start and start + n < it.fact_end
+        planted = it.tokens[start:start + n]
+        if it.kind == "wrong_key":   # the other number planted there, not the asked one
+            assert enc.decode(planted).strip().isdigit() and planted != it.answer_tokens
+        else:
+            assert planted == it.answer_tokens
+    # hand-made: found by searching the fact span
+    context = enc.encode(" The code is 4417. Some text. The code is")
+    answer = enc.encode(" 4417")
+    item = RecallItem(tokens=[EOT_ID] + context + answer, answer_start=1 + len(context), answer_len=len(answer),
+                      distance=3, kind="passkey", fact_start=1, fact_end=1 + len(enc.encode(" The code is 4417.")))
+    start, n = item.fact_answer_span()
+    assert item.tokens[start:start + n] == answer and start == 1 + len(enc.encode(" The code is"))
+
+
+class TracedModel(OracleModel):
+    """The oracle plus a made-up LTM trace: every top hit points at ``hit_at(item)``, the listed positions routed."""
+
+    def __init__(self, item, hit_at, routed_positions, capacity=256):
+        super().__init__()
+        self.cfg = get_preset("smoke").model
+        self.cfg.use_ltm, self.cfg.ltm_capacity = True, capacity
+        self.item, self.hit_at, self.routed_positions = item, hit_at, routed_positions
+
+    def forward(self, idx, targets=None, introspect=False, memory_read=True):
+        from revena_lib.models.transformer import TOP_HITS, MemoryTrace
+
+        out = super().forward(idx)
+        B, T = idx.shape
+        routed = torch.zeros(B, T, dtype=torch.bool)
+        routed[:, self.routed_positions] = True
+        top = torch.full((B, T, TOP_HITS), -1)
+        if isinstance(self.hit_at, dict):   # {query position: hit position}
+            for t, p in self.hit_at.items():
+                top[:, t, 0] = p
+        else:
+            top[:, :, 0] = self.hit_at
+        out.trace = MemoryTrace(torch.zeros(B, T), routed, torch.ones(B, T, dtype=torch.long), top, top.clone(),
+                                torch.zeros(B, T, TOP_HITS), torch.zeros(B, 1), torch.zeros(B, 1))
+        return out
+
+
+def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo(val):
+    item = make_recall_items(val, (192,), 1, seed=4)[0]
+    start, n = item.fact_answer_span()
+    question_word = item.fact_start + 1                       # inside the fact, not the answer
+    [near] = score_recall_items(TracedModel(item, question_word, []), [item])
+    assert near["answer_hit_in_fact"] == 1 and near["useful_hit"] == 0
+    assert near["answer_written"] == 0 and near["answer_in_memory"] == 0
+    answer_positions = list(range(start, start + n))
+    [good] = score_recall_items(TracedModel(item, start, answer_positions), [item])
+    assert good["answer_hit_in_fact"] == 1 and good["useful_hit"] == 1
+    assert good["aligned_hit"] == 1                            # the first answer token's query hit its own key
+    # each answer position hits the NEXT answer token's key: on the answer (useful), but never its own (not aligned)
+    swapped = {item.answer_start - 1 + j: start + (j + 1) % n for j in range(item.answer_len)}
+    [shifted] = score_recall_items(TracedModel(item, swapped, answer_positions), [item])
+    assert n > 1 and shifted["useful_hit"] == 1 and shifted["aligned_hit"] == 0 and shifted["same_token_hit"] == 0
+    # each answer position hits the fact's copy of the token it sits on (j-1): a lookup by identity
+    own = {item.answer_start - 1 + j: start + j - 1 for j in range(1, item.answer_len)}
+    [same] = score_recall_items(TracedModel(item, own, answer_positions), [item])
+    assert same["same_token_hit"] == 1 and same["aligned_hit"] == 0 and same["useful_hit"] == 1
+    assert good["answer_written"] == 1 and good["answer_in_memory"] == 1
+    # written, then pushed out of an n-entry FIFO by n later writes before the question's chunk
+    later = [item.fact_end + 70 + k for k in range(n)]
+    [evicted] = score_recall_items(TracedModel(item, start, answer_positions + later, capacity=n), [item])
+    assert evicted["answer_written"] == 1 and evicted["answer_in_memory"] == 0
+    table = in_memory_recall([[good, near], [evicted]])
+    assert table["by_distance"]["192"]["in_memory"]["n"] == 1 and table["by_distance"]["192"]["all"]["n"] == 3
+    assert table["beyond_window"]["not_in_memory"]["n"] == 2
+    # only the first answer token written: some of the answer is held, not all of it
+    [first] = score_recall_items(TracedModel(item, start, [start]), [item])
+    assert first["answer_any_in_memory"] == 1 and first["answer_in_memory"] == 0 and first["answer_written"] == int(n == 1)
+    assert first["answer_tokens_in_memory"] == pytest.approx(1 / item.answer_len)
+    assert in_memory_recall([[first]])["by_distance"]["192"]["any_in_memory"]["n"] == 1
+
+
+def test_more_items_where_they_are_needed_keeps_the_first_ones(val):
+    from revena_lib.config import EvalConfig
+    from revena_lib.evaluate import recall_item_counts
+
+    few = make_recall_items(val, (32, 256), 2, seed=3)
+    many = make_recall_items(val, (32, 256), {32: 2, 256: 5}, seed=3)
+    assert sum(it.distance == 256 for it in many) == 5 * 4 and sum(it.distance == 32 for it in many) == 2 * 4
+    assert [it.tokens for it in many if it.distance == 256][:8] == [it.tokens for it in few if it.distance == 256]
+    ecfg = EvalConfig(recall_distances=(32, 384, 768), recall_items_per_distance=16, recall_items_beyond_field=200)
+    assert recall_item_counts(ecfg, receptive_field=508) == {32: 16, 384: 16, 768: 200}
+    assert recall_item_counts(EvalConfig(recall_distances=(32, 768), recall_items_per_distance=16), 508) == {32: 16, 768: 16}

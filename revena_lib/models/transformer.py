@@ -171,10 +171,17 @@ def write_mask(surprisal: torch.Tensor, positions: torch.Tensor, cfg: ModelConfi
 
     ``surprisal`` (the brief): tokens strictly above ``ltm_write_threshold_bits``. ``random`` (the ablation arm):
     per row, exactly as many tokens as the surprisal rule would write in this chunk, chosen uniformly among the
-    chunk's positions (from torch's global generator), so only *which* tokens are written differs.
+    chunk's positions (from torch's global generator), so only *which* tokens are written differs. ``topk``
+    (an evaluation-time alternative, revena_lib/ltm_analysis.py): per row, the ``ltm_write_topk`` most surprising
+    tokens of the chunk, whatever their surprisal.
     Position 0 (the sequence's first token, with no prediction) is never written.
     """
     eligible = positions > 0
+    if cfg.ltm_write_rule == "topk":
+        score = surprisal.float().masked_fill(~eligible, -torch.inf)                # (B, L)
+        k = min(cfg.ltm_write_topk, score.shape[1])
+        chosen = torch.zeros_like(eligible).scatter(1, score.topk(k, dim=1, sorted=False).indices, True)
+        return chosen & eligible
     routed = (surprisal > cfg.ltm_write_threshold_bits) & eligible
     if cfg.ltm_write_rule == "surprisal":
         return routed
