@@ -5,7 +5,7 @@ Each notebook gets the preset as its ``preset`` parameter and runs with the repo
 working directory; executed copies go to ``executed/<preset>/`` (git-ignored), never over the
 sources. Artefacts land in ``data/``, ``trained/`` and ``results/`` (or under ``$REVENA_HOME``).
 
-    python run_all.py                  # the cpu preset: about 35 minutes on a 2-core CPU
+    python run_all.py                  # the cpu preset: about 40 minutes on a 2-core CPU
     python run_all.py --preset smoke   # seconds; what CI runs (every notebook, 09_sleep included)
     python run_all.py --sleep          # cpu, with 09_sleep (opt-in above smoke: it adds about 30 minutes at cpu)
 """
