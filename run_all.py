@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="cpu", choices=PRESETS,
-                        help="smoke: seconds (tests/CI); cpu: ~30 min on a 2-core CPU; paper: the brief's "
+                        help="smoke: seconds (tests/CI); cpu: ~40 min on a 2-core CPU; paper: the brief's "
                              "70M models and 10,000 steps, for a GPU")
     parser.add_argument("--arms", default="baseline,with_ltm",
                         help="comma-separated arms to train, evaluate and plot (rows of revena_lib/arms.py; baseline "
