@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir
+from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir, file_sha256
 from revena_lib.tokenizer import (TOKENIZER_FILE, TokenizerError, get_tokenizer, gpt2_tokenizer, parse_tokenizer_name,
                                   tokenizer_info, train_bpe)
 
@@ -167,17 +167,9 @@ def _bin_problem(path: Path, info: dict) -> str | None:
     size = path.stat().st_size
     if size != info["file_bytes"]:
         return f"{path} is truncated or changed ({size} bytes, meta.json says {info['file_bytes']})"
-    if _sha256(path) != info["sha256"]:
+    if file_sha256(path) != info["sha256"]:
         return f"{path} does not match meta.json (sha256 differs)"
     return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from revena_lib.memory_stats import entry_lifetimes, lifetime_summary
+from revena_lib.memory_stats import lifetime_summary
 from revena_lib.recall import RecallItem
 
 COSINE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)

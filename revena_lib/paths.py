@@ -7,6 +7,7 @@ The root is the repository by default. Set ``REVENA_HOME`` to put every artefact
     data_dir()  # PosixPath('/path/to/repo/data')
 """
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -53,3 +54,12 @@ def atomic_write(path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (data files and checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 
 from revena_lib import checkpoint as ckpt
 from revena_lib.device import DTYPES, autocast
+from revena_lib.paths import file_sha256
 from revena_lib.recall import RecallItem, score_recall_items
 from revena_lib.session import LoadedRun
 
@@ -453,14 +453,6 @@ def _train(run: LoadedRun, day_rows: list, dreams: list, cfg: SleepConfig, seed:
             "losses": losses, "day_rows": len(day_rows), "dream_rows": len(dreams)}
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sleep(run: LoadedRun, wake_: Wake, cfg: SleepConfig, out_dir, seed: int = 0) -> tuple[LoadedRun, dict]:
     """One night: a copy of ``run``'s model trained on ``cfg.strategy``'s experiences of ``wake_``'s day, saved as a
     new run directory ``out_dir`` (config.json, checkpoint.pt, sleep.json), which ``load_run`` opens. ``run`` itself
@@ -484,7 +476,7 @@ def _write_slept_run(slept: LoadedRun, source: LoadedRun, cfg: SleepConfig, reco
     out.mkdir(parents=True, exist_ok=True)
     source_ckpt = Path(source.path) / ckpt.CHECKPOINT_FILE
     lineage = list(source.config.get("sleep_lineage", [])) + [{
-        "source_run": str(source.path), "source_checkpoint_sha256": _file_sha256(source_ckpt),
+        "source_run": str(source.path), "source_checkpoint_sha256": file_sha256(source_ckpt),
         "day": record["day"], "strategy": cfg.strategy, "steps": record["steps"], "lr": cfg.lr}]
     config = {**source.config, "sleep_lineage": lineage, "finished": True}
     slept.config = config

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from revena_lib import checkpoint as ckpt
 from revena_lib.evaluate import document_nll
-from revena_lib.paths import artefact_root, results_dir
+from revena_lib.paths import artefact_root, file_sha256, results_dir
 from revena_lib.session import LoadedRun, load_run
-from revena_lib.sleep import (STRATEGIES, DayConfig, SleepConfig, SleepError, Wake, _file_sha256, closed_book_items,
+from revena_lib.sleep import (STRATEGIES, DayConfig, SleepConfig, SleepError, Wake, closed_book_items,
                               make_days, recall_scores, sleep, wake)
 from revena_lib.stats import compare, hierarchical_ci, point
 
@@ -139,7 +138,7 @@ def _reuse(out: Path, source: LoadedRun, cfg: SleepConfig, day: int, force: bool
     record = json.loads((out / "sleep.json").read_text())
     slept = load_run(out, device=next(source.model.parameters()).device)
     lineage = slept.config.get("sleep_lineage", [])
-    source_sha = _file_sha256(Path(source.path) / ckpt.CHECKPOINT_FILE)
+    source_sha = file_sha256(Path(source.path) / ckpt.CHECKPOINT_FILE)
     if record.get("config") != dataclasses.asdict(cfg) or record.get("day") != day or not lineage \
             or lineage[-1]["source_checkpoint_sha256"] != source_sha:
         raise SleepError(f"{out} holds another night (other recipe, day or source model): pass force=True "

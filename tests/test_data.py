@@ -15,7 +15,7 @@ from revena_lib import data
 from revena_lib.config import get_preset
 from revena_lib.data import (SPLITS, DataError, TokenSplit, hub_unreachable_reason, load_embedded_corpus,
                              load_embedded_records, load_meta, load_split, prepare_data, split_documents)
-from revena_lib.paths import REPO_ROOT
+from revena_lib.paths import REPO_ROOT, file_sha256
 from revena_lib.tokenizer import EOT_ID
 
 TINY = dict(source="embedded", num_docs=12, max_doc_chars=1_500, val_fraction=0.25, split_seed=7, progress=False)
@@ -129,7 +129,7 @@ def test_meta_is_consistent_with_files(tiny_dir):
         info = meta["splits"][split]
         path = tiny_dir / info["file"]
         assert path.stat().st_size == info["file_bytes"] == 2 * info["tokens"]
-        assert data._sha256(path) == info["sha256"]
+        assert file_sha256(path) == info["sha256"]
         assert info["characters"] == sum(info["doc_characters"]) and info["bytes"] == sum(info["doc_bytes"])
     assert not [p for p in tiny_dir.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
 
