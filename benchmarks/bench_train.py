@@ -44,7 +44,7 @@ from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
 from revena_lib.models import build_model, transformer
-from revena_lib.models.memory_read import soft_read_reference
+from revena_lib.models.memory_read import soft_read_plain
 from revena_lib.train import batch_for_step, make_optimizer
 
 
@@ -105,15 +105,6 @@ def unfused_head_block(h, weight, nxt, targets, need_logits=False, grad_w=None):
     return logits, torch.where(tgt >= 0, nll, 0.0).sum(), (tgt >= 0).sum(), bits
 
 
-def plain_soft_read(unit_q, kv, occupied, threshold, temperature, width):
-    """The LTM's relaxed training read before memory_read.py: the plain formula, its backward left to autograd."""
-    D = unit_q.shape[-1]
-    cos = unit_q @ kv[..., :D].transpose(-1, -2)                                # (B, H, L, S)
-    valid = occupied[:, None, None, :]
-    out = soft_read_reference(cos, kv[..., D:], valid, threshold, temperature, width)
-    return out, ((cos > threshold) & valid).any(dim=1).any(dim=-1)
-
-
 def scatter_write(memory, routed, kv, positions):
     """LongTermMemory.write before its index_copy: one scatter with the slot index expanded over heads and width."""
     s = memory.capacity
@@ -134,7 +125,7 @@ def unfused_memory():
     """RevenaLM's forward with the LTM code it had before memory_read.py (the plain relaxed read, F.normalize, a
     scatter write), for this block only; the hard read and the per-chunk split stay as they are now."""
     saved = transformer.soft_read, transformer.unit, transformer.LongTermMemory.write
-    transformer.soft_read, transformer.unit = plain_soft_read, lambda x: F.normalize(x, dim=-1)
+    transformer.soft_read, transformer.unit = soft_read_plain, lambda x: F.normalize(x, dim=-1)
     transformer.LongTermMemory.write = scatter_write
     try:
         yield

@@ -11,19 +11,10 @@ import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
 from revena_lib.models import transformer
-from revena_lib.models.memory_read import soft_read, soft_read_reference, unit
+from revena_lib.models.memory_read import soft_read, soft_read_plain, unit
 from revena_lib.models.transformer import RevenaLM
 
 THRESHOLD, TEMPERATURE, WIDTH = 0.8, 0.1, 0.05      # the brief's cut and temperature, the default soft width
-
-
-def reference(unit_q, kv, occupied, threshold, temperature, width):
-    """soft_read's contract written with the plain formula, hit_any from explicit cosines."""
-    D = unit_q.shape[-1]
-    cos = unit_q @ kv[..., :D].transpose(-1, -2)                                  # (B, H, L, S)
-    valid = occupied[:, None, None, :]
-    out = soft_read_reference(cos, kv[..., D:], valid, threshold, temperature, width)
-    return out, ((cos > threshold) & valid).any(dim=1).any(dim=-1)
 
 
 def memory_tensors(seed=0, B=2, H=3, L=16, S=24, D=8):
@@ -50,7 +41,7 @@ def test_fused_read_equals_the_plain_formula_with_its_gradients(fill):
     kv[..., : q.shape[-1]] *= occupied[:, None, :, None]   # empty slots are zeros in the memory (never written)
     kv[..., q.shape[-1]:] *= occupied[:, None, :, None]
     results = []
-    for read in (soft_read, reference):
+    for read in (soft_read, soft_read_plain):
         qq, kk = q.clone().float().requires_grad_(), kv.clone().float().requires_grad_()
         out, hit_any = read(qq, kk, occupied, THRESHOLD, TEMPERATURE, WIDTH)
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
@@ -97,7 +88,7 @@ def test_unit_equals_f_normalize_with_its_gradient():
 def plain_read():
     """RevenaLM with the plain soft read, for this block only."""
     fused = transformer.soft_read
-    transformer.soft_read = reference
+    transformer.soft_read = soft_read_plain
     try:
         yield
     finally:

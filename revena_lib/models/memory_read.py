@@ -123,3 +123,14 @@ def soft_read_reference(cos, values, valid, threshold: float, temperature: float
     weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
     any_hit = 1.0 - torch.exp(torch.log1p(-hitness.clamp(max=1 - 1e-6)).sum(-1, keepdim=True))   # (B, H, L, 1)
     return any_hit * (weights @ values)
+
+
+def soft_read_plain(unit_q: torch.Tensor, kv: torch.Tensor, occupied: torch.Tensor, threshold: float,
+                    temperature: float, width: float):
+    """``soft_read``'s contract with the plain formula (explicit cosines, autograd's backward): what it must equal,
+    and the memory code it replaced (bench_train's with_ltm_unfused)."""
+    D = unit_q.shape[-1]
+    cos = unit_q @ kv[..., :D].transpose(-1, -2)                                  # (B, H, L, S)
+    valid = occupied[:, None, None, :]
+    out = soft_read_reference(cos, kv[..., D:], valid, threshold, temperature, width)
+    return out, ((cos > threshold) & valid).any(dim=1).any(dim=-1)
