@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from smoke_runs import trained_smoke_home
 from revena_lib.evaluate import (BRIEF_KEYS, EvalError, evaluate, evaluation_documents, document_nll, result_arms,
                                  verdict_lines)
 
@@ -55,16 +56,8 @@ def test_evaluation_documents_are_a_seeded_sample(smoke_data):
 
 @pytest.fixture(scope="module")
 def trained_home(smoke_home, tmp_path_factory):
-    """A copy of the smoke data with both arms trained for 3 steps."""
-    from revena_lib.train import train
-
-    home = tmp_path_factory.mktemp("eval_home")
-    shutil.copytree(smoke_home / "data", home / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REVENA_HOME", str(home))
-        for arm in ("baseline", "with_ltm", "ltm_random_write"):
-            train("smoke", arm=arm, steps=3, progress=False, device="cpu")
-    return home
+    """A copy of the smoke data with three arms trained for 3 steps."""
+    return trained_smoke_home(smoke_home, tmp_path_factory, "eval_home", ("baseline", "with_ltm", "ltm_random_write"))
 
 
 @pytest.fixture(scope="module")

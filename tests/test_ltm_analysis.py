@@ -2,12 +2,12 @@
 write-rule sweep on a smoke with_ltm run trained here for 3 steps. CPU, seconds."""
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from smoke_runs import trained_smoke_home
 from revena_lib.config import get_preset
 from revena_lib.ltm_analysis import answer_key_cosines, captured_qk, write_rule_sweep
 from revena_lib.models.transformer import RevenaLM
@@ -60,14 +60,8 @@ def test_answer_key_cosines_pair_the_question_with_the_planted_answer(smoke_data
 
 @pytest.fixture(scope="module")
 def ltm_run(smoke_home, tmp_path_factory):
-    from revena_lib.train import train
-
-    home = tmp_path_factory.mktemp("sweep_home")
-    shutil.copytree(smoke_home / "data", home / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REVENA_HOME", str(home))
-        run_dir = train("smoke", arm="with_ltm", steps=3, progress=False, device="cpu")
-    return home, run_dir
+    home = trained_smoke_home(smoke_home, tmp_path_factory, "sweep_home", ("with_ltm",))
+    return home, home / "trained" / "with_ltm" / "smoke" / "seed-1337"
 
 
 def test_write_rule_sweep_changes_only_the_writes(ltm_run, monkeypatch):

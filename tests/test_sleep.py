@@ -5,13 +5,13 @@ is deterministic under a seed."""
 import dataclasses
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from smoke_runs import trained_smoke_home
 from revena_lib.session import load_run
 from revena_lib.sleep import (DayConfig, SleepConfig, SleepError, closed_book_items, day_from_texts, make_days,
                               recall_scores, replay_ltm, replay_text, sleep, wake)
@@ -21,15 +21,7 @@ from revena_lib.sleep_experiment import configured, fact_table, pick_arm, run_ex
 @pytest.fixture(scope="module")
 def home(smoke_home, tmp_path_factory):
     """An artefact root with smoke data and two short smoke runs (with_ltm, baseline)."""
-    from revena_lib.train import train
-
-    root = tmp_path_factory.mktemp("sleep_home")
-    shutil.copytree(smoke_home / "data", root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REVENA_HOME", str(root))
-        for arm in ("with_ltm", "baseline"):
-            train("smoke", arm=arm, steps=3, progress=False, device="cpu")
-        yield root
+    return trained_smoke_home(smoke_home, tmp_path_factory, "sleep_home", ("with_ltm", "baseline"))
 
 
 @pytest.fixture
