@@ -189,7 +189,7 @@ def run_lineage(source: LoadedRun, days, cfg: SleepConfig, general: list[dict], 
         model, night = reused if reused else sleep(model, w, cfg, out, seed=k)
         log(f"    day {k}: {cfg.strategy:<12} {night['steps']} steps in {night['seconds']:.1f}s"
             f"{' (reused)' if reused else ''}, loss {night['loss_first']} -> {night['loss_last']}")
-        rec["nights"].append({k: v for k, v in night.items() if k != "losses"} | {"losses": night["losses"]})
+        rec["nights"].append(night)
         rec["closed_book"].append(recall_scores(model.model, items, enc))
         rec["general_bits"].append(document_bits(model.model, general))
         rec["day_bits_after"].append(document_bits(model.model, day_docs[k - 1]))
@@ -292,7 +292,7 @@ def _variant_summary(result: dict, v: dict) -> dict:
     variant, out = v["name"], {"variant": v["name"], "strategy": v["strategy"], "lr": v["lr"]}
     for metric in ("exact", "log2p"):
         m = _matrix(result, variant, "closed_book", metric)                         # (S, K+1, F)
-        own = _own_sleep(result, variant, metric)                                   # after each fact's own sleep
+        own = m[:, fact_day, np.arange(len(fact_day))]                              # after each fact's own sleep
         out[f"before_sleep_{metric}"] = _ci(m[:, 0])
         out[f"retention_{metric}"] = _ci(own)
         out[f"final_{metric}"] = _ci(m[:, -1])
