@@ -2,7 +2,7 @@
 
 Both models are built from the same preset; after a warm-up, repetitions alternate between the arms so that
 drift on a shared machine hits both alike; the median of each arm is reported with tokens/s and the ratio
-LTM / baseline (target: <= 1.3x). Uses the training's autocast choice (``revena_lib.device``) unless --dtype.
+LTM / baseline (target: <= 1.3x). Uses the training's autocast choice (``revena_lib.training.device``) unless --dtype.
 
     .venv/bin/python benchmarks/bench_model.py --preset cpu --reps 7
 """
@@ -17,7 +17,7 @@ import time
 import torch
 
 from revena_lib.config import get_preset
-from revena_lib.device import autocast, autocast_dtype, configure_threads, dtype_name
+from revena_lib.training.device import autocast, autocast_dtype, configure_threads, dtype_name
 from revena_lib.models.transformer import RevenaLM
 
 

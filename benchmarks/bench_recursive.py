@@ -20,11 +20,11 @@ import torch
 
 from revena_lib.arms import arm_preset
 from revena_lib.config import ModelConfig, get_preset
-from revena_lib.device import configure_threads
+from revena_lib.training.device import configure_threads
 from revena_lib.models import build_model
 from revena_lib.models.recursive import flops_per_token
 from revena_lib.models.transformer import cache_chunks
-from revena_lib.train import make_optimizer
+from revena_lib.training.loop import make_optimizer
 
 
 def transformer_flops_per_token(cfg: ModelConfig) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from bench_train import make_stepper   # the same timed optimizer step as bench_train.py (this folder)
 from revena_lib.config import get_preset
-from revena_lib.device import DTYPES, autocast_dtype, dtype_name, select_device
+from revena_lib.training.device import DTYPES, autocast_dtype, dtype_name, select_device
 
 ARMS = ("baseline", "reservoir", "reservoir_ffn")
 
@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     device = select_device(args.device)
     dtype = autocast_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
     try:
-        from revena_lib.data import DataError, load_split
+        from revena_lib.data.prepare import DataError, load_split
         split, note = load_split("train"), "real batches"
         preset.model.vocab_size = split.vocab_size
     except DataError:   # no data: random tokens over the preset's vocabulary size ("bpe-4096" -> 4,096)

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 
 from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
-from revena_lib.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
+from revena_lib.training.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
 from revena_lib.models import build_model, transformer
 from revena_lib.models.memory_read import soft_read_plain
-from revena_lib.train import batch_for_step, make_optimizer
+from revena_lib.training.loop import batch_for_step, make_optimizer
 
 
 def matmul_peak_flops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
@@ -253,7 +253,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     dtype = autocast_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
     try:
-        from revena_lib.data import DataError, load_split
+        from revena_lib.data.prepare import DataError, load_split
         split, data_note = load_split("train"), "real batches (batch_for_step)"
         preset.model.vocab_size = split.vocab_size
     except DataError:

@@ -3,7 +3,7 @@
 Does a long-term memory (LTM) help a small language model compress text and recall facts from
 beyond its attention window? The notebooks in ``notebooks/`` ask; this package answers.
 
-    from revena_lib.tokenizer import get_tokenizer
+    from revena_lib.data.tokenizer import get_tokenizer
     get_tokenizer().encode("Hello world")  # [15496, 995]
 """
 

@@ -136,7 +136,7 @@ class TrainConfig:
     eval_interval: int = 500        # steps between validation loss / BPC
     eval_batches: int = 8
     seed: int = 1337
-    # Copying curriculum (revena_lib/recall_mix.py): this share of every batch's rows carries planted facts that are
+    # Copying curriculum (revena_lib/data/recall_mix.py): this share of every batch's rows carries planted facts that are
     # asked again later in the row, so the models can learn to copy from context (the recall test's positive control).
     recall_mix: float = 0.0
     recall_facts_per_row: int = 4

@@ -1,6 +1,6 @@
 """Command line for the data step: tokenise the corpus into data/train.bin, data/val.bin, data/meta.json.
 
-Same code as notebooks/01_prepare_data.ipynb (revena_lib.data). Settings come from a preset's DataConfig;
+Same code as notebooks/01_prepare_data.ipynb (revena_lib.data.prepare). Settings come from a preset's DataConfig;
 each option below overrides one of them.
 
     python -m revena_lib.prepare_data --preset cpu --source auto
@@ -11,7 +11,7 @@ import sys
 import time
 
 from revena_lib.config import PRESETS, get_preset
-from revena_lib.data import SOURCES, DataError, prepare_data, summary_lines
+from revena_lib.data.prepare import SOURCES, DataError, prepare_data, summary_lines
 from revena_lib.paths import data_dir as default_data_dir
 
 

@@ -17,7 +17,7 @@ def smoke_home(tmp_path_factory):
     Tests that only read the data share it; tests that write into it should copy it first.
     """
     from revena_lib.config import get_preset
-    from revena_lib.data import prepare_from_preset
+    from revena_lib.data.prepare import prepare_from_preset
 
     root = tmp_path_factory.mktemp("smoke_home")
     prepare_from_preset(get_preset("smoke"), source="embedded", data_dir=root / "data", progress=False)

@@ -11,12 +11,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
-from revena_lib import data
+from revena_lib.data import prepare as data
 from revena_lib.config import get_preset
-from revena_lib.data import (SPLITS, DataError, TokenSplit, hub_unreachable_reason, load_embedded_corpus,
+from revena_lib.data.prepare import (SPLITS, DataError, TokenSplit, hub_unreachable_reason, load_embedded_corpus,
                              load_embedded_records, load_meta, load_split, prepare_data, split_documents)
 from revena_lib.paths import REPO_ROOT, file_sha256
-from revena_lib.tokenizer import EOT_ID
+from revena_lib.data.tokenizer import EOT_ID
 
 TINY = dict(source="embedded", num_docs=12, max_doc_chars=1_500, val_fraction=0.25, split_seed=7, progress=False)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from revena_lib import device
+from revena_lib.training import device
 
 
 @pytest.fixture

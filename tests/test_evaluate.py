@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from smoke_runs import trained_smoke_home
-from revena_lib.evaluate import (BRIEF_KEYS, EvalError, evaluate, evaluation_documents, document_nll, result_arms,
+from revena_lib.evaluation.results import (BRIEF_KEYS, EvalError, evaluate, evaluation_documents, document_nll, result_arms,
                                  verdict_lines)
 
 
@@ -21,7 +21,7 @@ from revena_lib.evaluate import (BRIEF_KEYS, EvalError, evaluate, evaluation_doc
 
 def test_document_nll_is_the_models_loss(smoke_data):
     from revena_lib.config import get_preset
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
     from revena_lib.models.transformer import RevenaLM
 
     torch.manual_seed(0)
@@ -30,7 +30,7 @@ def test_document_nll_is_the_models_loss(smoke_data):
     docs = evaluation_documents(val, max_docs=2, max_tokens_per_doc=200)
     assert [d["truncated"] for d in docs] == [True, True]
     assert sum(d["bucket_characters"][0] + d["bucket_characters"][1] for d in docs) == sum(d["characters"] for d in docs)
-    enc = __import__("revena_lib.tokenizer", fromlist=["get_tokenizer"]).get_tokenizer()
+    enc = __import__("revena_lib.data.tokenizer", fromlist=["get_tokenizer"]).get_tokenizer()
     assert docs[0]["characters"] == len(enc.decode(docs[0]["tokens"][1:].tolist()))
     nll = document_nll(model, docs, torch.device("cpu"))
     idx = torch.as_tensor(docs[0]["tokens"])[None]
@@ -44,7 +44,7 @@ def test_document_nll_is_the_models_loss(smoke_data):
 
 
 def test_evaluation_documents_are_a_seeded_sample(smoke_data):
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
 
     val = load_split("val")
     picks = [[d["index"] for d in evaluation_documents(val, 2, 64, seed)] for seed in range(6)]
@@ -154,7 +154,7 @@ def test_cli_help_and_missing_arm_error(smoke_home, tmp_path):
 
 
 def test_plots_from_results(results, tmp_path):
-    from revena_lib.plots import results_plotly, save_results_plots
+    from revena_lib.analysis.plots import results_plotly, save_results_plots
 
     paths = save_results_plots(results, tmp_path)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ from revena_lib.arms import ARMS
 @pytest.fixture(scope="module")
 def trained_runs(smoke_home, tmp_path_factory):
     """One 2-step smoke run of the first arm of every model family."""
-    from revena_lib.train import train
+    from revena_lib.training.loop import train
 
     home = tmp_path_factory.mktemp("export_home")
     shutil.copytree(smoke_home / "data", home / "data")
@@ -31,8 +31,8 @@ def trained_runs(smoke_home, tmp_path_factory):
 
 
 def test_export_round_trip_gives_identical_logits_for_every_family(trained_runs, tmp_path, monkeypatch):
-    from revena_lib.checkpoint import load_model
-    from revena_lib.export import export_run, from_pretrained
+    from revena_lib.training.checkpoint import load_model
+    from revena_lib.training.export import export_run, from_pretrained
 
     home, runs = trained_runs
     monkeypatch.setenv("REVENA_HOME", str(home))
@@ -50,7 +50,7 @@ def test_export_round_trip_gives_identical_logits_for_every_family(trained_runs,
 
 
 def test_export_refuses_to_overwrite_and_the_cli_explains(trained_runs, tmp_path, monkeypatch):
-    from revena_lib.export import ExportError, export_run
+    from revena_lib.training.export import ExportError, export_run
 
     home, runs = trained_runs
     monkeypatch.setenv("REVENA_HOME", str(home))

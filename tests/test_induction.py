@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from revena_lib.config import get_preset
-from revena_lib.induction import induction_score, repeated_spans
+from revena_lib.evaluation.induction import induction_score, repeated_spans
 
 
 class Copier(nn.Module):

@@ -9,7 +9,7 @@ import torch
 
 from smoke_runs import trained_smoke_home
 from revena_lib.config import get_preset
-from revena_lib.ltm_analysis import answer_key_cosines, captured_qk, write_rule_sweep
+from revena_lib.evaluation.ltm_analysis import answer_key_cosines, captured_qk, write_rule_sweep
 from revena_lib.models.transformer import RevenaLM
 
 
@@ -37,8 +37,8 @@ def test_captured_queries_and_keys_are_what_the_memory_compares():
 
 
 def test_answer_key_cosines_pair_the_question_with_the_planted_answer(smoke_data):
-    from revena_lib.data import load_split
-    from revena_lib.recall import make_recall_items
+    from revena_lib.data.prepare import load_split
+    from revena_lib.evaluation.recall import make_recall_items
 
     items = make_recall_items(load_split("val"), (32, 256), 3, seed=9)
     model = _ltm_model()
@@ -78,7 +78,7 @@ def test_write_rule_sweep_changes_only_the_writes(ltm_run, monkeypatch):
         assert r["trained_rule"] == "surprisal > 4.5 bits"
     # fewer writes, longer lives (a 3-step model writes nearly every token at 4.5 bits)
     assert rows[2]["lifetime_median"] > rows[0]["lifetime_median"] or np.isnan(rows[2]["lifetime_median"])
-    from revena_lib.ltm_analysis import sweep_figure
+    from revena_lib.evaluation.ltm_analysis import sweep_figure
 
     assert len(sweep_figure(rows).axes) == 4
     # the loaded model's own rule is restored: a second sweep of the first setting gives the same numbers

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from revena_lib.config import get_preset
-from revena_lib.memory_stats import entry_lifetimes, in_memory, lifetime_summary
+from revena_lib.evaluation.memory_stats import entry_lifetimes, in_memory, lifetime_summary
 from revena_lib.models.transformer import LongTermMemory, RevenaLM
 
 

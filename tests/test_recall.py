@@ -7,15 +7,15 @@ import torch
 from torch import nn
 
 from revena_lib.config import get_preset
-from revena_lib.recall import (PASSKEY_QUESTION, RecallError, RecallItem, in_memory_recall, make_recall_items,
+from revena_lib.evaluation.recall import (PASSKEY_QUESTION, RecallError, RecallItem, in_memory_recall, make_recall_items,
                                score_recall_items,
                                summarize_recall)
-from revena_lib.tokenizer import EOT_ID, get_tokenizer
+from revena_lib.data.tokenizer import EOT_ID, get_tokenizer
 
 
 @pytest.fixture
 def val(smoke_data):
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
 
     return load_split("val")
 
@@ -240,7 +240,7 @@ def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo
 
 def test_more_items_where_they_are_needed_keeps_the_first_ones(val):
     from revena_lib.config import EvalConfig
-    from revena_lib.evaluate import recall_item_counts
+    from revena_lib.evaluation.results import recall_item_counts
 
     few = make_recall_items(val, (32, 256), 2, seed=3)
     many = make_recall_items(val, (32, 256), {32: 2, 256: 5}, seed=3)

@@ -107,7 +107,7 @@ def test_the_reservoir_remembers_beyond_the_attention_receptive_field():
 
 
 def test_fixed_buffers_stay_out_of_the_optimizer_and_untouched_by_a_step():
-    from revena_lib.train import make_optimizer
+    from revena_lib.training.loop import make_optimizer
 
     model = ReservoirLM(smoke_cfg(reservoir_bias_scaling=0.1))
     before = {name: b.clone() for name, b in model.named_buffers()}
@@ -139,9 +139,9 @@ def test_introspection_returns_the_states_and_the_ffn_variant_adds_the_ffn():
 
 
 def test_the_reservoir_arm_trains_and_evaluates_through_the_common_pipeline(smoke_home, tmp_path, monkeypatch):
-    from revena_lib.checkpoint import load_model
-    from revena_lib.evaluate import evaluate
-    from revena_lib.train import train_arms
+    from revena_lib.training.checkpoint import load_model
+    from revena_lib.evaluation.results import evaluate
+    from revena_lib.training.loop import train_arms
 
     shutil.copytree(smoke_home / "data", tmp_path / "data")
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))
@@ -156,7 +156,7 @@ def test_the_reservoir_arm_trains_and_evaluates_through_the_common_pipeline(smok
 
 
 def test_analysis_echo_state_memory_capacity_and_spectra():
-    from revena_lib import reservoir_analysis as ra
+    from revena_lib.analysis import reservoir_analysis as ra
 
     cfg = smoke_cfg(reservoir_units=40)
     reservoir = EchoReservoir(cfg, layer=0)

@@ -1,4 +1,4 @@
-"""Sessions (revena_lib/session.py) and the models' state protocol: pieces equal the whole for every arm, reset
+"""Sessions (revena_lib/evaluation/session.py) and the models' state protocol: pieces equal the whole for every arm, reset
 clears everything, sessions never share state, generation is incremental, and a trained run loads in one line."""
 
 import dataclasses
@@ -10,8 +10,8 @@ import torch
 
 from revena_lib.arms import ARMS, arm_preset
 from revena_lib.models import build_model
-from revena_lib.session import Session, SessionError, from_checkpoint, load_run
-from revena_lib.tokenizer import gpt2_tokenizer
+from revena_lib.evaluation.session import Session, SessionError, from_checkpoint, load_run
+from revena_lib.data.tokenizer import gpt2_tokenizer
 
 # Every arm except the random-write ablation: its writes draw from torch's global generator, so a different split
 # into calls draws differently (by design, not a state leak).
@@ -118,7 +118,7 @@ def test_bad_input_is_refused_clearly(enc):
 
 
 def test_a_trained_run_loads_in_one_line(smoke_home, tmp_path, monkeypatch):
-    from revena_lib.train import train
+    from revena_lib.training.loop import train
 
     shutil.copytree(smoke_home / "data", tmp_path / "data")
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))
@@ -132,10 +132,10 @@ def test_a_trained_run_loads_in_one_line(smoke_home, tmp_path, monkeypatch):
 
 
 def test_multiturn_items_cut_a_recall_item_into_calls_and_carried_equals_one_call(smoke_data, enc):
-    from revena_lib.data import load_split
-    from revena_lib.multiturn import MultiTurnError, make_multiturn_items, score_item, score_multiturn, summarise
-    from revena_lib.recall import make_recall_items
-    from revena_lib.session import LoadedRun
+    from revena_lib.data.prepare import load_split
+    from revena_lib.evaluation.multiturn import MultiTurnError, make_multiturn_items, score_item, score_multiturn, summarise
+    from revena_lib.evaluation.recall import make_recall_items
+    from revena_lib.evaluation.session import LoadedRun
 
     val = load_split("val")
     items = make_multiturn_items(val, turn_counts=(3, 5), filler_tokens_per_turn=20, items_per_count=2, seed=7)

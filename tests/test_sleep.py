@@ -1,4 +1,4 @@
-"""Sleep (revena_lib/sleep.py, sleep_experiment.py): the source run is never touched, replay (b) is exactly what the
+"""Sleep (revena_lib/sleep/consolidation.py, revena_lib/sleep/experiment.py): the source run is never touched, replay (b) is exactly what the
 LTM stored, a fact of the day is not known closed-book before sleep and can be after it, and the whole procedure
 is deterministic under a seed."""
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from smoke_runs import trained_smoke_home
-from revena_lib.session import load_run
-from revena_lib.sleep import (DayConfig, SleepConfig, SleepError, closed_book_items, day_from_texts, make_days,
+from revena_lib.evaluation.session import load_run
+from revena_lib.sleep.consolidation import (DayConfig, SleepConfig, SleepError, closed_book_items, day_from_texts, make_days,
                               recall_scores, replay_ltm, replay_text, sleep, wake)
-from revena_lib.sleep_experiment import configured, fact_table, pick_arm, run_experiment
+from revena_lib.sleep.experiment import configured, fact_table, pick_arm, run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def run_of(home, arm="with_ltm"):
 
 
 def small_days(n_days=1):
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
     return make_days(load_split("val"), DayConfig(n_days=n_days, docs_per_day=1, facts_per_day=2, tokens_per_doc=320))
 
 
@@ -46,7 +46,7 @@ def fingerprint(directory: Path) -> dict:
 
 def test_days_plant_cueable_facts_in_held_out_documents(env):
     days = small_days(2)
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
     enc = load_split("val").tokenizer
     assert days[0].source_documents != days[1].source_documents
     cues = [f.cue for d in days for f in d.facts]

@@ -1,9 +1,9 @@
-"""Intervals and verdicts (revena_lib/stats.py) on constructed data: seeds widen intervals, pairing narrows them."""
+"""Intervals and verdicts (revena_lib/evaluation/stats.py) on constructed data: seeds widen intervals, pairing narrows them."""
 
 import numpy as np
 import pytest
 
-from revena_lib import stats
+from revena_lib.evaluation import stats
 
 
 def test_ratio_interval_contains_the_ratio_and_collapses_for_constant_data():

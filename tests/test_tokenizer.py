@@ -3,8 +3,8 @@ the custom byte-level BPE (exact round trips, the EOT token, determinism, data/r
 
 import pytest
 
-from revena_lib import tokenizer as tok
-from revena_lib.tokenizer import EOT_ID, N_VOCAB, TokenizerError, get_tokenizer
+from revena_lib.data import tokenizer as tok
+from revena_lib.data.tokenizer import EOT_ID, N_VOCAB, TokenizerError, get_tokenizer
 
 
 def test_hello_world_ids():
@@ -117,10 +117,10 @@ def test_bpe_names_are_checked():
 
 
 def test_prepared_bpe_data_and_a_run_that_disagrees(tmp_path, monkeypatch):
-    from revena_lib.checkpoint import CheckpointError
+    from revena_lib.training.checkpoint import CheckpointError
     from revena_lib.config import get_preset
-    from revena_lib.data import load_split, prepare_data
-    from revena_lib.train import train
+    from revena_lib.data.prepare import load_split, prepare_data
+    from revena_lib.training.loop import train
 
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))
     tiny = dict(source="embedded", num_docs=12, max_doc_chars=3_000, val_fraction=0.25, split_seed=7, progress=False)

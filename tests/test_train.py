@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from revena_lib import train as train_mod
-from revena_lib.checkpoint import CheckpointError, load_checkpoint, load_model
+from revena_lib.training import loop as train_mod
+from revena_lib.training.checkpoint import CheckpointError, load_checkpoint, load_model
 from revena_lib.config import ModelConfig, TrainConfig, get_preset
 from revena_lib.models.transformer import RevenaLM
-from revena_lib.train import (TrainError, TrainingInterrupted, batch_for_step, decays, find_runs, lr_at_step,
+from revena_lib.training.loop import (TrainError, TrainingInterrupted, batch_for_step, decays, find_runs, lr_at_step,
                               param_groups, read_metrics, run_dir, train, unigram_bpc)
 
 REPO = Path(__file__).resolve().parent.parent

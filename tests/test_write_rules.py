@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from revena_lib import checkpoint
+from revena_lib.training import checkpoint
 from revena_lib.config import ModelConfig, get_preset
 from revena_lib.models.transformer import RevenaLM, write_mask
 

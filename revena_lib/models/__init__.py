@@ -5,7 +5,7 @@ Every family's model is built from a ``ModelConfig`` (its ``family`` field names
 what the optimizer trains. ``logits=False`` skips the (B, T, V) logits where nothing needs them (evaluation's
 surprisal; training with targets never builds them); introspection and state calls always have them. Arms (``revena_lib/arms.py``) pick a family and config overrides.
 
-State (sessions, ``revena_lib/session.py``): every family also offers
+State (sessions, ``revena_lib/evaluation/session.py``): every family also offers
 ``state = model.new_state(batch_size, device)``, an empty state at stream position 0, and
 ``out = model(idx, state=state)``, which runs ``idx`` as the continuation of that stream and returns the state after
 it in ``out.state`` (a new object: the state passed in is never changed, so a caller can keep it and retry).

@@ -244,7 +244,7 @@ class ReservoirLM(nn.Module):
         if offset % c or (state is not None and state.reservoir[0].shape[0] != B):
             raise ModelError(f"ReservoirLM.forward: a state continues at a chunk boundary with its own batch size; "
                              f"got position {offset} (chunk_size {c}) and batch {B}: keep the partial chunk pending "
-                             "(revena_lib.session does) or start from model.new_state(batch_size)")
+                             "(revena_lib.evaluation.session does) or start from model.new_state(batch_size)")
         cos, sin = rope_tables(torch.arange(offset, offset + Tp, device=idx.device), cfg.n_embd // cfg.n_head,
                                cfg.rope_base)
         if torch.is_autocast_enabled(idx.device.type):

@@ -172,7 +172,7 @@ def write_mask(surprisal: torch.Tensor, positions: torch.Tensor, cfg: ModelConfi
     ``surprisal`` (the brief): tokens strictly above ``ltm_write_threshold_bits``. ``random`` (the ablation arm):
     per row, exactly as many tokens as the surprisal rule would write in this chunk, chosen uniformly among the
     chunk's positions (from torch's global generator), so only *which* tokens are written differs. ``topk``
-    (an evaluation-time alternative, revena_lib/ltm_analysis.py): per row, the ``ltm_write_topk`` most surprising
+    (an evaluation-time alternative, revena_lib/evaluation/ltm_analysis.py): per row, the ``ltm_write_topk`` most surprising
     tokens of the chunk, whatever their surprisal.
     Position 0 (the sequence's first token, with no prediction) is never written.
     """
@@ -458,7 +458,7 @@ class RevenaLM(nn.Module):
         if offset % c or (state is not None and state.caches[0][0].shape[0] != B):
             raise ModelError(f"RevenaLM.forward: a state continues at a chunk boundary with its own batch size; got "
                              f"position {offset} (chunk_size {c}) and batch {B}: keep the partial chunk pending "
-                             "(revena_lib.session does) or start from model.new_state(batch_size)")
+                             "(revena_lib.evaluation.session does) or start from model.new_state(batch_size)")
         caches_in = state.caches if state is not None else [None] * cfg.n_layer
 
         cos, sin = rope_tables(torch.arange(offset, offset + Tp, device=device), D, cfg.rope_base)   # (Tp, D)

@@ -7,7 +7,7 @@ loss minus second-copy loss, in nats per token: 0 = no copying, ln(vocab) = perf
 each copy is left out (nothing announces where a copy starts). The default span (64 tokens) puts the second copy
 inside the 128-token window, so this is the in-window copying that the recall test's positive control needs.
 
-    from revena_lib.induction import induction_score
+    from revena_lib.evaluation.induction import induction_score
     score = induction_score(model, eot=tokenizer.eot_token)   # {"score_nats", "first_copy_nats", ...}
 """
 

@@ -1,7 +1,7 @@
 """The workbook's data: documents -> tokens -> ``data/train.bin``, ``data/val.bin``, ``data/meta.json``.
 
 Tokens are GPT-2 BPE (the brief's default) or, with ``tokenizer="bpe-N"``, a byte-level BPE of N tokens learned
-from the training split only and saved as ``data/tokenizer.json`` (``revena_lib/tokenizer.py``).
+from the training split only and saved as ``data/tokenizer.json`` (``revena_lib/data/tokenizer.py``).
 
 The real source is openwebtext, streamed from the Hugging Face hub (first ``num_docs`` documents).
 With no network (most clusters, CI) the hub is detected as unreachable in well under a second and
@@ -13,7 +13,7 @@ documents concatenated, uint16. Documents are split train/val by document (never
 seeded shuffle. ``meta.json`` keeps per-document offsets, token lengths, characters and UTF-8 bytes, so
 bits per character / byte are exact, plus each .bin's size and sha256, which every load verifies.
 
-    from revena_lib.data import prepare_data, load_split
+    from revena_lib.data.prepare import prepare_data, load_split
     prepare_data(source="embedded"); val = load_split("val"); val.document(0)[:5]
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir, file_sha256
-from revena_lib.tokenizer import (TOKENIZER_FILE, TokenizerError, get_tokenizer, gpt2_tokenizer, parse_tokenizer_name,
+from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, get_tokenizer, gpt2_tokenizer, parse_tokenizer_name,
                                   tokenizer_info, train_bpe)
 
 SOURCES = ("auto", "embedded", "openwebtext")

@@ -4,7 +4,7 @@
 content as an interactive plotly figure, written as a self-contained HTML file (plotly.js inlined).
 The notebook-04 figures (surprisal per token, memory over a document, the threshold explorer) are here too.
 
-    from revena_lib.plots import save_results_plots
+    from revena_lib.analysis.plots import save_results_plots
     save_results_plots(load_results())   # writes results/results.png and results/results.html
 """
 

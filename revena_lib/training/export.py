@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from revena_lib.checkpoint import CheckpointError, load_model, read_config, write_json, write_text
+from revena_lib.training.checkpoint import CheckpointError, load_model, read_config, write_json, write_text
 from revena_lib.config import ModelConfig
 
 WEIGHTS_FILE = "model.safetensors"
@@ -32,7 +32,7 @@ class ExportError(RuntimeError):
 
 def _results_for(config: dict, results_dir: Path | None) -> dict | None:
     """The arm's entry of results.json when that file exists and evaluated this run's preset."""
-    from revena_lib.evaluate import RESULTS_FILE
+    from revena_lib.evaluation.results import RESULTS_FILE
     from revena_lib.paths import results_dir as default_results_dir
 
     path = Path(results_dir or default_results_dir()) / RESULTS_FILE
@@ -88,7 +88,7 @@ def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
               "For research on memory in small language models, and for teaching. It is a small model trained on "
               "little text: it is not a general-purpose language model, its text is not reliable, and its numbers "
               "describe this corpus and budget only.", "",
-              "## How to load", "", "```python", "from revena_lib.export import from_pretrained",
+              "## How to load", "", "```python", "from revena_lib.training.export import from_pretrained",
               "model, tokenizer = from_pretrained('path/to/this/folder')   # or a hub repo id (huggingface_hub)",
               "out = model(torch.tensor([[tokenizer.eot_token] + tokenizer.encode('Fellow citizens')]))", "```", ""]
     return "\n".join(lines)
@@ -99,7 +99,7 @@ def export_run(run_dir, out_dir, results_dir=None, force: bool = False) -> Path:
     from safetensors.torch import save_model
 
     from revena_lib.paths import data_dir
-    from revena_lib.tokenizer import VOCAB_FILE, TOKENIZER_FILE
+    from revena_lib.data.tokenizer import VOCAB_FILE, TOKENIZER_FILE
 
     run_dir, out = Path(run_dir), Path(out_dir)
     model, config = load_model(run_dir)
@@ -112,7 +112,7 @@ def export_run(run_dir, out_dir, results_dir=None, force: bool = False) -> Path:
         shutil.copyfile(VOCAB_FILE, out / VOCAB_FILE.name)
     else:
         source = data_dir() / tokenizer.get("file", TOKENIZER_FILE)
-        from revena_lib.tokenizer import load_bpe
+        from revena_lib.data.tokenizer import load_bpe
         load_bpe(source, tokenizer["name"], tokenizer.get("sha256"))   # verifies it is the run's tokenizer
         shutil.copyfile(source, out / TOKENIZER_FILE)
     write_json(out / CONFIG_FILE, {"format": FORMAT, "arm": config["arm"], "family": config["model"].get("family"),
@@ -128,7 +128,7 @@ def from_pretrained(folder, device="cpu"):
     from safetensors.torch import load_model as load_weights
 
     from revena_lib.models import build_model
-    from revena_lib.tokenizer import TOKENIZER_FILE, gpt2_tokenizer, load_bpe
+    from revena_lib.data.tokenizer import TOKENIZER_FILE, gpt2_tokenizer, load_bpe
 
     folder = Path(folder)
     if not folder.exists():
@@ -150,7 +150,7 @@ def from_pretrained(folder, device="cpu"):
 
 def push(folder, repo_id: str, private: bool = False) -> str:
     """Upload an exported folder to the Hugging Face Hub (one real call). Offline, one clear error at once."""
-    from revena_lib.data import hub_unreachable_reason
+    from revena_lib.data.prepare import hub_unreachable_reason
 
     reason = hub_unreachable_reason()
     if reason:

@@ -1,6 +1,6 @@
 """Training figures and tables for ``notebooks/03_train.ipynb``, read from each run's ``metrics.jsonl``.
 
-    from revena_lib.plots_train import plot_losses
+    from revena_lib.analysis.plots_train import plot_losses
     plot_losses({"baseline": "trained/baseline/cpu/seed-1337", "with_ltm": "trained/with_ltm/cpu/seed-1337"}).show()
 """
 
@@ -10,9 +10,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from revena_lib.checkpoint import read_config
+from revena_lib.training.checkpoint import read_config
 from revena_lib.arms import arm_style
-from revena_lib.train import read_metrics
+from revena_lib.training.loop import read_metrics
 
 
 def training_summary(runs: dict) -> pd.DataFrame:

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib import checkpoint as ckpt
-from revena_lib.device import DTYPES, autocast
+from revena_lib.training import checkpoint as ckpt
+from revena_lib.training.device import DTYPES, autocast
 from revena_lib.paths import file_sha256
-from revena_lib.recall import RecallItem, score_recall_items
-from revena_lib.session import LoadedRun
+from revena_lib.evaluation.recall import RecallItem, score_recall_items
+from revena_lib.evaluation.session import LoadedRun
 
 STRATEGIES = ("none", "text", "ltm", "text+dreams", "ltm+dreams")
 DREAM_SOURCES = ("generated", "train")
@@ -380,8 +380,8 @@ def dream_experiences(run: LoadedRun, cfg: SleepConfig, seed: int) -> list[Exper
     if cfg.dream_source == "generated":
         rows = generate_dreams(run.model, n, length, cfg.dream_temperature, seed, run.tokenizer.eot_token)
     else:
-        from revena_lib.data import load_split
-        from revena_lib.train import batch_for_step
+        from revena_lib.data.prepare import load_split
+        from revena_lib.training.loop import batch_for_step
         x, y = batch_for_step(load_split("train"), seed, 0, n, length)
         rows = torch.cat([x, y[:, -1:]], 1).tolist()
     return [Experience(r, [False] + [True] * (len(r) - 1)) for r in rows]

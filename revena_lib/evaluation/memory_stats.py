@@ -6,7 +6,7 @@ is pushed out by the (k + capacity)-th write, and everything follows from ``trac
 and the capacity, with no extra bookkeeping in the model's hot path. Tests check these functions against the real
 ``LongTermMemory`` and the trace's eviction counts.
 
-    from revena_lib.memory_stats import entry_lifetimes, lifetime_summary
+    from revena_lib.evaluation.memory_stats import entry_lifetimes, lifetime_summary
     lifetimes, censored = entry_lifetimes(out.trace.routed[0], capacity=256); lifetime_summary(lifetimes, censored)
 """
 

@@ -7,7 +7,7 @@ the LTM compares, per head, before RoPE) against the stored key of the planted f
 higher cuts, the k most surprising tokens per chunk) without retraining, so the model was trained under the
 brief's rule and only the evaluation's writes change: routed ratio, entry lifetime, recall and BPC per setting.
 
-    from revena_lib.ltm_analysis import write_rule_sweep
+    from revena_lib.evaluation.ltm_analysis import write_rule_sweep
     rows = write_rule_sweep("trained/with_ltm/cpu/seed-1337", preset="cpu")   # list of dicts, one per setting
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from revena_lib.memory_stats import lifetime_summary
-from revena_lib.recall import RecallItem
+from revena_lib.evaluation.memory_stats import lifetime_summary
+from revena_lib.evaluation.recall import RecallItem
 
 COSINE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # The brief's rule first (the headline), then higher cuts, then a fixed number of writes per 64-token chunk.
@@ -130,9 +130,9 @@ def _sweep_label(setting: dict) -> str:
 
 def measure_setting(model, docs, items, device, window: int, receptive_field: int, batch_size: int = 8) -> dict:
     """BPC, routed ratio, entry lifetime and recall of one model as it is configured now (one sweep row)."""
-    from revena_lib.evaluate import document_nll
+    from revena_lib.evaluation.results import document_nll
     from revena_lib.models.transformer import memory_rates
-    from revena_lib.recall import score_recall_items
+    from revena_lib.evaluation.recall import score_recall_items
 
     measured = document_nll(model, docs, device, lifetimes=True)
     scores = score_recall_items(model, items, device=device, batch_size=batch_size, tokenizer=docs[0]["tokenizer"])
@@ -168,12 +168,12 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     ``label``, ``bpc``, ``routed_token_ratio``, ``lifetime_*`` (tokens), and recall exact / log2 p / share of answers
     still in memory / useful hits, in the window, beyond it and beyond the receptive field.
     """
-    from revena_lib.checkpoint import load_model
+    from revena_lib.training.checkpoint import load_model
     from revena_lib.config import get_preset
-    from revena_lib.data import load_split
-    from revena_lib.device import autocast, select_device
-    from revena_lib.evaluate import EvalError, evaluation_documents
-    from revena_lib.recall import make_recall_items
+    from revena_lib.data.prepare import load_split
+    from revena_lib.training.device import autocast, select_device
+    from revena_lib.evaluation.results import EvalError, evaluation_documents
+    from revena_lib.evaluation.recall import make_recall_items
 
     device = select_device(device)
     model, config = load_model(run_dir, device=device)

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from revena_lib import checkpoint as ckpt
-from revena_lib.evaluate import document_nll
+from revena_lib.training import checkpoint as ckpt
+from revena_lib.evaluation.results import document_nll
 from revena_lib.paths import artefact_root, file_sha256, results_dir
-from revena_lib.session import LoadedRun, load_run
-from revena_lib.sleep import (STRATEGIES, DayConfig, SleepConfig, SleepError, Wake, closed_book_items,
+from revena_lib.evaluation.session import LoadedRun, load_run
+from revena_lib.sleep.consolidation import (STRATEGIES, DayConfig, SleepConfig, SleepError, Wake, closed_book_items,
                               make_days, recall_scores, sleep, wake)
-from revena_lib.stats import compare, hierarchical_ci, point
+from revena_lib.evaluation.stats import compare, hierarchical_ci, point
 
 
 @dataclass
@@ -214,8 +214,8 @@ def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRA
     """Every strategy (at every learning rate of ``lrs``; default the night's ``lr``) over every finished run of
     ``arm`` at ``preset`` (or the given ``seeds``); writes and returns the result (``results/sleep.json`` unless
     ``results_path``). ``days`` (a list of ``Day``) replaces the made ones."""
-    from revena_lib.data import load_split
-    from revena_lib.train import find_runs, run_dir
+    from revena_lib.data.prepare import load_split
+    from revena_lib.training.loop import find_runs, run_dir
 
     d_cfg, s_cfg, e_cfg = defaults(preset)
     day_cfg, sleep_cfg, eval_cfg = day_cfg or d_cfg, sleep_cfg or s_cfg, eval_cfg or e_cfg

@@ -10,7 +10,7 @@
   clicking one fills the detail panel (class ``revena-detail``) with "Memory hits" and "Top predictions".
 * ``threshold_sweep(model, tokens, thresholds)``: routed ratio and hit rate at other write thresholds.
 
-    from revena_lib.probe import probe_widget
+    from revena_lib.analysis.probe import probe_widget
     probe_widget(model, get_tokenizer(), load_split("val"))   # last expression of a notebook cell
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from revena_lib.models.transformer import memory_rates
-from revena_lib.recall import model_device
+from revena_lib.evaluation.recall import model_device
 
 TOP_K = 5
 MAX_BITS = 12.0          # surprisal at which the colour is fully red

@@ -5,7 +5,7 @@ A run directory (``trained/<arm>/<preset>/seed-<seed>/``) holds ``config.json`` 
 written to a temporary name in the same directory and ``os.replace``d, so a crash or Ctrl-C never
 leaves half a file behind.
 
-    from revena_lib.checkpoint import load_model
+    from revena_lib.training.checkpoint import load_model
     model, config = load_model("trained/with_ltm/cpu/seed-1337")
 """
 

@@ -3,7 +3,7 @@ the echo-state property, Jaeger's memory capacity, harmonic (FFT) analysis and w
 
 Computations return numpy arrays and dicts; the ``*_figure`` functions draw them with plotly.
 
-    from revena_lib.reservoir_analysis import reservoir_run, trace_layer, echo_state_distances
+    from revena_lib.analysis.reservoir_analysis import reservoir_run, trace_layer, echo_state_distances
     run = reservoir_run("smoke", train_steps_if_missing=30); model, _ = load_model(run)
 """
 
@@ -24,7 +24,7 @@ from revena_lib.models.reservoir import EchoReservoir, ReservoirLM, leaky_esn
 def reservoir_run(preset: str, seed: int = 0, train_steps_if_missing: int = 0, arm: str = "reservoir") -> Path:
     """A finished run of the reservoir arm under trained/<arm>/<preset>/ (``seed`` 0: the first one). Without one,
     trains ``train_steps_if_missing`` steps of it (needs prepared data: notebook 01), or says how to make one."""
-    from revena_lib.train import find_runs, train
+    from revena_lib.training.loop import find_runs, train
 
     runs = [r for r in find_runs(arm, preset=preset) if not seed or r.name == f"seed-{seed}"]
     if runs:

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib import checkpoint as ckpt
-from revena_lib.checkpoint import CheckpointError
+from revena_lib.training import checkpoint as ckpt
+from revena_lib.training.checkpoint import CheckpointError
 from revena_lib.arms import ARMS, BASELINE, arm_preset, check_arm
 from revena_lib.config import PRESETS, Preset, TrainConfig, get_preset
-from revena_lib.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed, dtype_name,
+from revena_lib.training.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed, dtype_name,
                                init_distributed, is_main_process, needs_grad_scaler, rank, select_device, world_size)
 from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
 from revena_lib.paths import trained_dir
-from revena_lib.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
+from revena_lib.data.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
 
 # Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
 VAL_BATCH_SEED = 20_240_601
@@ -145,7 +145,7 @@ def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch
     x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
     if cfg.recall_mix <= 0 and cfg.recall_induction <= 0:
         return x, y
-    from revena_lib.recall_mix import plant_facts
+    from revena_lib.data.recall_mix import plant_facts
 
     rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
     rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer,
@@ -183,7 +183,7 @@ def unigram_bpc(data_dir=None) -> float:
     """BPC of a unigram model: token frequencies of train.bin (add-one smoothed over the GPT-2 vocabulary,
     document-opening EOTs left out), cross-entropy on val's non-EOT tokens, divided by val's characters.
     The bar any trained model must clear by far."""
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
 
     train_split, val_split = load_split("train", data_dir), load_split("val", data_dir)
     eot = train_split.tokenizer.eot_token
@@ -309,7 +309,7 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
     if steps:
         preset.train.steps = int(steps)
     preset.train.seed = seed
-    from revena_lib.data import load_meta
+    from revena_lib.data.prepare import load_meta
     tokenizer = tokenizer_info(load_meta())
     preset.model.vocab_size = int(tokenizer["vocab_size"])   # the model's vocabulary is the data's tokenizer's
     out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
@@ -396,7 +396,7 @@ class _Run:
 
 def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, distributed) -> _Run:
     """Data, model, optimizer (restored from ``state`` when resuming) and the run's files."""
-    from revena_lib.data import load_split
+    from revena_lib.data.prepare import load_split
     from revena_lib.models import build_model
 
     cfg, ranks = preset.train, world_size()
@@ -718,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from revena_lib.data import DataError
+    from revena_lib.data.prepare import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -5,11 +5,11 @@ Top level keeps the brief's ``{"baseline": {...}, "with_ltm": {...}}`` (each wit
 table, ``revena_lib/arms.py``) and per evaluation-time ablation (``with_ltm_reads_off``: the trained
 with_ltm weights scored with memory reads off), plus ``comparisons``: every arm against ``baseline``, each
 metric with its difference, a 95% interval and a verdict (better / worse / no detectable difference).
-Intervals include training noise: they resample seeds, then documents or recall items (``revena_lib/stats.py``).
+Intervals include training noise: they resample seeds, then documents or recall items (``revena_lib/evaluation/stats.py``).
 Per-seed numbers, BPC by position in the document, recall by distance, throughput (median over >= 20
 timed batches) and what was evaluated where (corpus, preset, device, dtype, seeds) are kept per arm.
 
-    python -m revena_lib.evaluate --preset cpu        # or: from revena_lib.evaluate import evaluate
+    python -m revena_lib.evaluate --preset cpu        # or: from revena_lib.evaluation.results import evaluate
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib import stats
+from revena_lib.evaluation import stats
 from revena_lib.arms import ARMS, BASELINE, READ_ABLATIONS, parse_arms
 from revena_lib.config import EvalConfig, get_preset
 from revena_lib.models.transformer import memory_rates
 from revena_lib.paths import results_dir as default_results_dir, trained_dir as default_trained_dir
-from revena_lib.recall import make_recall_items, score_recall_items, summarize_recall
-from revena_lib.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
+from revena_lib.evaluation.recall import make_recall_items, score_recall_items, summarize_recall
+from revena_lib.data.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
 
 BRIEF_KEYS = ("bpc", "long_range_recall", "memory_hit_rate", "tokens_per_sec")
 RESULTS_FILE = "results.json"
@@ -104,8 +104,8 @@ def document_nll(model, docs: list[dict], device: torch.device, progress: bool =
     each), and the memory's summed counts. ``switches`` go to forward (e.g. memory_read=False).
     The surprisal comes from fp32 log-probabilities whatever the autocast dtype of the forward pass.
     ``lifetimes`` (LTM models): also the lifetimes in tokens of the entries each document evicted, and the number
-    still held at its end (``revena_lib.memory_stats``), from the trace (introspect=True)."""
-    from revena_lib.memory_stats import entry_lifetimes
+    still held at its end (``revena_lib.evaluation.memory_stats``), from the trace (introspect=True)."""
+    from revena_lib.evaluation.memory_stats import entry_lifetimes
 
     cfg = getattr(model, "cfg", None)
     lifetimes = lifetimes and bool(getattr(cfg, "use_ltm", False))
@@ -165,7 +165,7 @@ def measure_throughput(models: dict, batches: list[torch.Tensor], device: torch.
     """Forward-pass tokens/sec per arm, after warm-up, arms interleaved (the order rotating every batch), so load
     on the machine hits every arm alike. Returns {arm: {"tokens_per_sec" (median over timed batches), "ci95"
     (bootstrap of the median), "timed_batches", ...}}."""
-    from revena_lib.device import autocast
+    from revena_lib.training.device import autocast
 
     warmup, timed = batches[:THROUGHPUT_WARMUP_BATCHES], batches[THROUGHPUT_WARMUP_BATCHES:]
     arms = list(models)
@@ -228,7 +228,7 @@ def _missing_arm_message(arm: str, trained_root: Path, preset: str) -> str:
 def find_arm_runs(arms, trained_root: Path, preset: str | None) -> dict[str, list[Path]]:
     """{arm: finished run dirs} for the named arms (all must have one), or, with arms=None, for every arm of
     the table that has a finished run of the preset (baseline must)."""
-    from revena_lib.train import find_runs
+    from revena_lib.training.loop import find_runs
 
     wanted = parse_arms(arms) if arms is not None else tuple(ARMS)
     runs = {arm: find_runs(arm, root=trained_root, preset=preset) for arm in wanted}
@@ -256,7 +256,7 @@ def _comparable(config: dict, arm: str) -> dict:
 def check_arms_match(runs: dict[str, list[Path]]) -> None:
     """Arms must differ only in their own row of the arm table, or a comparison means nothing: refuse runs
     trained with other settings, another dtype, corpus or tokenizer, naming both runs and the fields."""
-    from revena_lib.checkpoint import read_config
+    from revena_lib.training.checkpoint import read_config
 
     reference = None
     for arm, dirs in runs.items():
@@ -296,11 +296,11 @@ class _Scored:
 
 def _score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> tuple[_Scored, torch.nn.Module]:
     """Load and score every seed of one arm; returns the measurements and the first seed's model (for timing)."""
-    from revena_lib.checkpoint import load_model
-    from revena_lib.device import autocast
+    from revena_lib.training.checkpoint import load_model
+    from revena_lib.training.device import autocast
 
-    from revena_lib.induction import induction_score
-    from revena_lib.ltm_analysis import answer_key_cosines
+    from revena_lib.evaluation.induction import induction_score
+    from revena_lib.evaluation.ltm_analysis import answer_key_cosines
 
     seeds, nll, buckets, recall, counts, configs, first = [], [], [], [], [], [], None
     lifetimes, censored, cosines, induction = [], [], [], []
@@ -341,9 +341,9 @@ def _recall_matrix(scored: _Scored, key: str, mask: np.ndarray) -> np.ndarray:
 def _memory_measures(scored: _Scored, window: int, ecfg) -> dict:
     """Induction score (every arm); for arms with an LTM: entry lifetime, recall on the subset of items whose answer
     was still in memory when asked, and (reads on) the cosines of question queries with answer keys."""
-    from revena_lib.ltm_analysis import cosine_summary
-    from revena_lib.memory_stats import lifetime_summary
-    from revena_lib.recall import in_memory_recall
+    from revena_lib.evaluation.ltm_analysis import cosine_summary
+    from revena_lib.evaluation.memory_stats import lifetime_summary
+    from revena_lib.evaluation.recall import in_memory_recall
 
     per_seq = np.array([r["per_sequence"] for r in scored.induction], float)               # (S, N)
     first = scored.induction[0]
@@ -504,9 +504,9 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
     None for the preset the runs were trained with. ``arms``: names or 'a,b' (default: every arm of the table
     with a finished run; baseline is required). Arms must differ only in their row of the arm table.
     """
-    from revena_lib.checkpoint import read_config
-    from revena_lib.data import load_split
-    from revena_lib.device import autocast_dtype, dtype_name, select_device
+    from revena_lib.training.checkpoint import read_config
+    from revena_lib.data.prepare import load_split
+    from revena_lib.training.device import autocast_dtype, dtype_name, select_device
 
     trained_root = Path(trained_root) if trained_root else default_trained_dir()
     results_path = Path(results_dir) if results_dir else default_results_dir()
@@ -624,7 +624,7 @@ def _finite(obj):
 
 
 def _write_json(path: Path, obj) -> None:
-    from revena_lib.checkpoint import write_json
+    from revena_lib.training.checkpoint import write_json
 
     write_json(path, _finite(json.loads(json.dumps(obj, default=_json_default, allow_nan=True))))
 
@@ -673,9 +673,9 @@ def main(argv=None) -> None:
                         help="default: CUDA if available, else the CPU")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    from revena_lib.checkpoint import CheckpointError
-    from revena_lib.data import DataError
-    from revena_lib.device import DeviceError
+    from revena_lib.training.checkpoint import CheckpointError
+    from revena_lib.data.prepare import DataError
+    from revena_lib.training.device import DeviceError
 
     try:
         results = evaluate(preset=args.preset, arms=args.arms, device=args.device, progress=not args.quiet)

@@ -12,7 +12,7 @@ Unicode text round-trips exactly; digits are split one per token before BPE, so 
 digit (a small model copies a 5-digit pass key as 5 known tokens, never as an unseen merge). Saved as
 ``tokenizer.json`` beside the data; ``meta.json`` records its name and sha256.
 
-    from revena_lib.tokenizer import get_tokenizer
+    from revena_lib.data.tokenizer import get_tokenizer
     get_tokenizer("gpt2").encode("Hello world")  # [15496, 995]
     get_tokenizer().encode("Hello world")        # with the tokenizer of the prepared data (data/meta.json)
 """

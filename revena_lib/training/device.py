@@ -7,7 +7,7 @@
 * ``configure_threads()`` gives each process its share of the cores (``REVENA_THREADS`` overrides).
 * ``init_distributed()`` starts a process group when torchrun set ``WORLD_SIZE>1`` (nccl on CUDA, gloo on CPU).
 
-    from revena_lib.device import select_device, autocast
+    from revena_lib.training.device import select_device, autocast
     device = select_device(); with autocast(device): out = model(x)
 """
 

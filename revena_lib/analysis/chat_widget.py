@@ -1,10 +1,10 @@
-"""A small chat-like widget over a session (``revena_lib/session.py``): type text, feed it or generate from it,
+"""A small chat-like widget over a session (``revena_lib/evaluation/session.py``): type text, feed it or generate from it,
 watch the state summary and the LTM's entries change, reset.
 
 The conversation log shows every token the session read, shaded by its surprisal (hover for the bits); generated
 tokens are underlined. CSS classes (``revena-chat-*``) are what tests/test_browser.py drives.
 
-    from revena_lib.session_widget import chat_widget
+    from revena_lib.analysis.chat_widget import chat_widget
     display(chat_widget(load_run(run_dir).session()))
 """
 

@@ -1,0 +1,1 @@
+"""The analysis stage of the pipeline (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""The evaluation stage of the pipeline (see docs/architecture.md)."""

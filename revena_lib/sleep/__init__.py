@@ -1,0 +1,1 @@
+"""The sleep stage of the pipeline (see docs/architecture.md)."""
