@@ -18,7 +18,7 @@ import time
 from revena_lib.arms import READ_ABLATIONS
 from revena_lib.training.checkpoint import load_model
 from revena_lib.config import get_preset
-from revena_lib.data.prepare import load_split
+from revena_lib.data.splits import load_split
 from revena_lib.training.device import configure_threads
 from revena_lib.evaluation.ltm_analysis import answer_key_cosines
 from revena_lib.evaluation.recall import make_recall_items, score_recall_items

@@ -44,7 +44,8 @@ def main(argv=None) -> None:
     device = select_device(args.device)
     dtype = autocast_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
     try:
-        from revena_lib.data.prepare import DataError, load_split
+        from revena_lib.data import DataError
+        from revena_lib.data.splits import load_split
         split, note = load_split("train"), "real batches"
         preset.model.vocab_size = split.vocab_size
     except DataError:   # no data: random tokens over the preset's vocabulary size ("bpe-4096" -> 4,096)

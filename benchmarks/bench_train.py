@@ -253,7 +253,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     dtype = autocast_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
     try:
-        from revena_lib.data.prepare import DataError, load_split
+        from revena_lib.data import DataError
+        from revena_lib.data.splits import load_split
         split, data_note = load_split("train"), "real batches (batch_for_step)"
         preset.model.vocab_size = split.vocab_size
     except DataError:

@@ -20,7 +20,8 @@ import time
 import torch
 
 from revena_lib.arms import arm_preset
-from revena_lib.data.prepare import load_split, prepare_from_preset
+from revena_lib.data.prepare import prepare_from_preset
+from revena_lib.data.splits import load_split
 from revena_lib.training.device import select_device
 from revena_lib.models import build_model
 from revena_lib.training.loop import characters_per_token, lr_at_step, make_optimizer, training_batch, validation_batches, \

@@ -11,10 +11,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
-from revena_lib.data import prepare as data
+from revena_lib.data import corpus
 from revena_lib.config import get_preset
-from revena_lib.data.prepare import (SPLITS, DataError, TokenSplit, hub_unreachable_reason, load_embedded_corpus,
-                             load_embedded_records, load_meta, load_split, prepare_data, split_documents)
+from revena_lib.data import DataError
+from revena_lib.data.corpus import hub_unreachable_reason, load_embedded_corpus, load_embedded_records
+from revena_lib.data.prepare import prepare_data, split_documents
+from revena_lib.data.splits import SPLITS, TokenSplit, load_meta, load_split
 from revena_lib.paths import REPO_ROOT, file_sha256
 from revena_lib.data.tokenizer import EOT_ID
 
@@ -78,7 +80,7 @@ def test_documents_decode_to_the_truncated_texts_with_exact_characters_and_bytes
 
 def test_characters_and_bytes_differ_for_non_ascii_text(revena_home, monkeypatch):
     texts = ["Café naïve 🙂 " * 20, "plain ascii text " * 20, "汉字 " * 30, "more ascii " * 20]
-    monkeypatch.setattr(data, "load_embedded_corpus", lambda: texts)
+    monkeypatch.setattr(corpus, "load_embedded_corpus", lambda: texts)
     meta = prepare_data(source="embedded", num_docs=4, max_doc_chars=50, val_fraction=0.25, split_seed=0,
                         data_dir=revena_home / "d", progress=False)
     for split in SPLITS:
@@ -300,11 +302,11 @@ def test_openwebtext_streaming_path(revena_home, monkeypatch):
         return iter(rows)
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load_dataset))
-    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(corpus, "hub_unreachable_reason", lambda: None)
     meta = prepare_data(source="auto", num_docs=10, max_doc_chars=200, val_fraction=0.2, split_seed=1,
                         data_dir=revena_home / "data", progress=False)
     assert meta["corpus"] == "openwebtext" and meta["fallback_reason"] is None and meta["documents"] == 10
-    assert calls[0] == (data.HF_DATASET_ID, "train", True, None) and calls[1][3] == "refs/convert/parquet"
+    assert calls[0] == (corpus.HF_DATASET_ID, "train", True, None) and calls[1][3] == "refs/convert/parquet"
     val = load_split("val")
     index = meta["splits"]["val"]["doc_source_index"][0]
     non_empty = [r["text"] for r in rows if r["text"].strip()]
@@ -314,11 +316,11 @@ def test_openwebtext_streaming_path(revena_home, monkeypatch):
 def test_auto_offline_keeps_existing_openwebtext_data(revena_home, monkeypatch, capsys):
     rows = [{"text": f"Web document number {i}. " * 5} for i in range(12)]
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: iter(rows)))
-    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(corpus, "hub_unreachable_reason", lambda: None)
     settings = {**TINY, "source": "openwebtext"}
     prepare_data(**settings)
     before = file_identity(revena_home / "data" / "train.bin")
-    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: "offline in this test")
+    monkeypatch.setattr(corpus, "hub_unreachable_reason", lambda: "offline in this test")
     meta = prepare_data(**{**settings, "source": "auto"})
     assert meta["corpus"] == "openwebtext" and "reusing the prepared openwebtext" in capsys.readouterr().out
     assert file_identity(revena_home / "data" / "train.bin") == before
@@ -329,7 +331,7 @@ def test_auto_falls_back_when_streaming_fails(revena_home, monkeypatch, capsys):
         raise ConnectionError("connection reset")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=broken_load_dataset))
-    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(corpus, "hub_unreachable_reason", lambda: None)
     meta = prepare_data(**{**TINY, "source": "auto"})
     assert meta["corpus"] == "sotu" and "connection reset" in meta["fallback_reason"]
     assert "using the embedded corpus 'sotu'" in capsys.readouterr().err
@@ -340,7 +342,7 @@ def test_openwebtext_stream_failure_is_a_data_error(revena_home, monkeypatch):
         raise ConnectionError("connection reset")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=broken_load_dataset))
-    monkeypatch.setattr(data, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(corpus, "hub_unreachable_reason", lambda: None)
     with pytest.raises(DataError, match="connection reset.*--source embedded"):
         prepare_data(**{**TINY, "source": "openwebtext"})
 

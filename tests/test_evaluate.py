@@ -21,7 +21,7 @@ from revena_lib.evaluation.results import (BRIEF_KEYS, EvalError, evaluate, eval
 
 def test_document_nll_is_the_models_loss(smoke_data):
     from revena_lib.config import get_preset
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.models.transformer import RevenaLM
 
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def test_document_nll_is_the_models_loss(smoke_data):
 
 
 def test_evaluation_documents_are_a_seeded_sample(smoke_data):
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
 
     val = load_split("val")
     picks = [[d["index"] for d in evaluation_documents(val, 2, 64, seed)] for seed in range(6)]

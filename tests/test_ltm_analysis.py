@@ -37,7 +37,7 @@ def test_captured_queries_and_keys_are_what_the_memory_compares():
 
 
 def test_answer_key_cosines_pair_the_question_with_the_planted_answer(smoke_data):
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.evaluation.recall import make_recall_items
 
     items = make_recall_items(load_split("val"), (32, 256), 3, seed=9)

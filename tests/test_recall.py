@@ -15,7 +15,7 @@ from revena_lib.data.tokenizer import EOT_ID, get_tokenizer
 
 @pytest.fixture
 def val(smoke_data):
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
 
     return load_split("val")
 

@@ -132,7 +132,7 @@ def test_a_trained_run_loads_in_one_line(smoke_home, tmp_path, monkeypatch):
 
 
 def test_multiturn_items_cut_a_recall_item_into_calls_and_carried_equals_one_call(smoke_data, enc):
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.evaluation.multiturn import MultiTurnError, make_multiturn_items, score_item, score_multiturn, summarise
     from revena_lib.evaluation.recall import make_recall_items
     from revena_lib.evaluation.session import LoadedRun

@@ -35,7 +35,7 @@ def run_of(home, arm="with_ltm"):
 
 
 def small_days(n_days=1):
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     return make_days(load_split("val"), DayConfig(n_days=n_days, docs_per_day=1, facts_per_day=2, tokens_per_doc=320))
 
 
@@ -46,7 +46,7 @@ def fingerprint(directory: Path) -> dict:
 
 def test_days_plant_cueable_facts_in_held_out_documents(env):
     days = small_days(2)
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     enc = load_split("val").tokenizer
     assert days[0].source_documents != days[1].source_documents
     cues = [f.cue for d in days for f in d.facts]

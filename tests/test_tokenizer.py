@@ -119,7 +119,8 @@ def test_bpe_names_are_checked():
 def test_prepared_bpe_data_and_a_run_that_disagrees(tmp_path, monkeypatch):
     from revena_lib.training.checkpoint import CheckpointError
     from revena_lib.config import get_preset
-    from revena_lib.data.prepare import load_split, prepare_data
+    from revena_lib.data.prepare import prepare_data
+    from revena_lib.data.splits import load_split
     from revena_lib.training.loop import train
 
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))

@@ -1,297 +1,43 @@
-"""The workbook's data: documents -> tokens -> ``data/train.bin``, ``data/val.bin``, ``data/meta.json``.
+"""Preparing the data: documents -> tokens -> ``data/train.bin``, ``data/val.bin``, ``data/meta.json``.
 
 Tokens are GPT-2 BPE (the brief's default) or, with ``tokenizer="bpe-N"``, a byte-level BPE of N tokens learned
-from the training split only and saved as ``data/tokenizer.json`` (``revena_lib/data/tokenizer.py``).
-
-The real source is openwebtext, streamed from the Hugging Face hub (first ``num_docs`` documents).
-With no network (most clusters, CI) the hub is detected as unreachable in well under a second and
-the embedded corpus ``sotu`` (233 US State of the Union addresses, 1790-2021, public domain, shipped
-in ``assets/sotu.jsonl.xz``) is used instead, loudly, and recorded in ``meta.json``.
+from the training split only and saved as ``data/tokenizer.json`` (``revena_lib/data/tokenizer.py``). The
+documents come from ``revena_lib/data/corpus.py`` (openwebtext, or the embedded corpus when offline).
 
 Layout: every document is stored as ``[EOT, t1, ..., tn]`` (the EOT opens the document and is its BOS),
 documents concatenated, uint16. Documents are split train/val by document (never inside one) with a
 seeded shuffle. ``meta.json`` keeps per-document offsets, token lengths, characters and UTF-8 bytes, so
-bits per character / byte are exact, plus each .bin's size and sha256, which every load verifies.
+bits per character / byte are exact, plus each .bin's size and sha256, which every load verifies
+(``revena_lib/data/splits.py`` reads them back). ``main`` is ``python -m revena_lib.prepare_data``.
 
-    from revena_lib.data.prepare import prepare_data, load_split
+    from revena_lib.data.prepare import prepare_data; from revena_lib.data.splits import load_split
     prepare_data(source="embedded"); val = load_split("val"); val.document(0)[:5]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
-import functools
 import hashlib
 import json
-import lzma
 import os
 import sys
 import tempfile
-import threading
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
 
-from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir, file_sha256
-from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, get_tokenizer, gpt2_tokenizer, parse_tokenizer_name,
-                                  tokenizer_info, train_bpe)
+from revena_lib.config import PRESETS, get_preset
+from revena_lib.data import DataError
+from revena_lib.data.corpus import (EMBEDDED_CORPUS_DESCRIPTION, EMBEDDED_CORPUS_NAME, HF_DATASET_ID, SOURCES,
+                                    announce_fallback, read_corpus, resolve_source)
+from revena_lib.data.splits import FORMAT_VERSION, SPLITS, bin_problem, load_meta
+from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, gpt2_tokenizer, parse_tokenizer_name,
+                                       tokenizer_info, train_bpe)
+from revena_lib.paths import atomic_write, data_dir as default_data_dir
 
-SOURCES = ("auto", "embedded", "openwebtext")
-SPLITS = ("train", "val")
-HF_DATASET_ID = "Skylion007/openwebtext"  # the hub's canonical id; plain "openwebtext" redirects to it
-EMBEDDED_CORPUS_FILE = ASSETS_DIR / "sotu.jsonl.xz"
-EMBEDDED_CORPUS_NAME = "sotu"
-EMBEDDED_CORPUS_DESCRIPTION = "233 US State of the Union addresses 1790-2021, public domain"
-HUB_PROBE_TIMEOUT_S = 1.0
-FORMAT_VERSION = 2   # 2: meta.json's "tokenizer" is a dict (name, vocab_size, eot_id, sha256, file)
-PREPARE_HINT = "python -m revena_lib.prepare_data"
-
-META_KEYS = ("format_version", "corpus", "source", "fallback_reason", "tokenizer", "settings", "splits")
-SPLIT_KEYS = ("file", "documents", "tokens", "characters", "bytes", "file_bytes", "sha256",
-              "doc_offsets", "doc_lengths", "doc_characters", "doc_bytes")
 SETTING_KEYS = ("num_docs", "max_doc_chars", "val_fraction", "split_seed", "tokenizer")
-
-
-class DataError(RuntimeError):
-    pass
-
-
-# -----------------------------------------------------------------------------
-# Reading the prepared splits
-
-@dataclass
-class TokenSplit:
-    name: str                     # "train" or "val"
-    tokens: np.ndarray            # (N,) uint16, memmap of the .bin
-    doc_offsets: np.ndarray       # (D,) int64, index of each document's opening EOT
-    doc_lengths: np.ndarray       # (D,) int64, tokens per document incl. its EOT
-    doc_characters: np.ndarray    # (D,) int64, characters of the (truncated) text
-    doc_bytes: np.ndarray         # (D,) int64, UTF-8 bytes of the (truncated) text
-    characters: int
-    bytes: int
-    meta: dict                    # the whole meta.json
-    data_dir: Path | None = None  # where it was read from (its tokenizer lives there)
-
-    @property
-    def num_docs(self) -> int:
-        return len(self.doc_offsets)
-
-    def document(self, i: int) -> np.ndarray:
-        """Document i's tokens, starting with its opening EOT."""
-        start = int(self.doc_offsets[i])
-        return self.tokens[start:start + int(self.doc_lengths[i])]
-
-    def document_text(self, i: int) -> str:
-        """Document i decoded back to text (without the EOT)."""
-        return self.tokenizer.decode(self.document(i)[1:].tolist())
-
-    @property
-    def tokenizer(self):
-        """The tokenizer these tokens were made with (GPT-2, or the data's tokenizer.json)."""
-        return get_tokenizer(self.data_dir)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(tokenizer_info(self.meta)["vocab_size"])
-
-
-def load_meta(data_dir=None) -> dict:
-    """meta.json of the prepared data; DataError naming the file and the fix if missing or corrupt."""
-    path = Path(data_dir or default_data_dir()) / "meta.json"
-    if not path.exists():
-        raise DataError(f"{path} is missing: prepare the data first with `{PREPARE_HINT}` "
-                        "(or run notebooks/01_prepare_data.ipynb)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path} is corrupt ({e}): rebuild it with `{PREPARE_HINT} --force`") from None
-    problem = _meta_problem(meta)
-    if problem:
-        raise DataError(f"{path} is corrupt ({problem}): rebuild it with `{PREPARE_HINT} --force`")
-    return meta
-
-
-def load_split(split: str, data_dir=None) -> TokenSplit:
-    """One split, verified against meta.json (file size and sha256) before use."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    directory = Path(data_dir or default_data_dir())
-    meta = load_meta(directory)
-    info = meta["splits"][split]
-    problem = _bin_problem(directory / info["file"], info)
-    if problem:
-        raise DataError(f"{problem}: rebuild the data with `{PREPARE_HINT} --force`")
-    tokens = np.memmap(directory / info["file"], dtype=np.uint16, mode="r")  # (N,)
-    return TokenSplit(
-        name=split,
-        tokens=tokens,
-        doc_offsets=np.asarray(info["doc_offsets"], dtype=np.int64),
-        doc_lengths=np.asarray(info["doc_lengths"], dtype=np.int64),
-        doc_characters=np.asarray(info["doc_characters"], dtype=np.int64),
-        doc_bytes=np.asarray(info["doc_bytes"], dtype=np.int64),
-        characters=int(info["characters"]),
-        bytes=int(info["bytes"]),
-        meta=meta,
-        data_dir=directory,
-    )
-
-
-def _meta_problem(meta) -> str | None:
-    if not isinstance(meta, dict):
-        return "not a JSON object"
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        return f"missing keys {missing}"
-    if not isinstance(meta["splits"], dict) or not isinstance(meta["settings"], dict):
-        return "'splits' and 'settings' must be objects"
-    for split in SPLITS:
-        info = meta["splits"].get(split)
-        if not isinstance(info, dict):
-            return f"no split {split!r}"
-        missing = [k for k in SPLIT_KEYS if k not in info]
-        if missing:
-            return f"split {split!r} is missing keys {missing}"
-        if not (len(info["doc_offsets"]) == len(info["doc_lengths"]) == len(info["doc_characters"])
-                == len(info["doc_bytes"]) == info["documents"]):
-            return f"split {split!r} has per-document lists of different lengths"
-    return None
-
-
-def _bin_problem(path: Path, info: dict) -> str | None:
-    """None if the .bin matches its meta entry, else what is wrong with it (naming the file)."""
-    if not path.exists():
-        return f"{path} is missing"
-    size = path.stat().st_size
-    if size != info["file_bytes"]:
-        return f"{path} is truncated or changed ({size} bytes, meta.json says {info['file_bytes']})"
-    if file_sha256(path) != info["sha256"]:
-        return f"{path} does not match meta.json (sha256 differs)"
-    return None
-
-
-# -----------------------------------------------------------------------------
-# Documents: the embedded corpus, openwebtext, and deciding between them
-
-def load_embedded_records() -> list[dict]:
-    """The embedded corpus as records {year, name, party, text}, in corpus (chronological) order."""
-    return [dict(record) for record in _read_embedded_records()]
-
-
-@functools.lru_cache(maxsize=1)
-def _read_embedded_records() -> tuple[dict, ...]:
-    # Cached: decompressing 10.8 M characters of xz takes a few tenths of a second, and tests prepare often.
-    try:
-        with lzma.open(EMBEDDED_CORPUS_FILE, "rt", encoding="utf-8") as f:
-            return tuple(json.loads(line) for line in f if line.strip())
-    except (OSError, lzma.LZMAError, json.JSONDecodeError) as e:
-        raise DataError(f"embedded corpus {EMBEDDED_CORPUS_FILE} is missing or corrupt ({e}): restore it with "
-                        "`git checkout -- revena_lib/assets/sotu.jsonl.xz`") from None
-
-
-def load_embedded_corpus() -> list[str]:
-    """The embedded corpus's texts (233 State of the Union addresses), in chronological order."""
-    return [record["text"] for record in load_embedded_records()]
-
-
-def hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """None if the Hugging Face hub answers, else why not. Takes at most ``timeout`` seconds.
-
-    Asking ``datasets`` directly costs ~23 s of retries with no network, so probe once ourselves:
-    one HEAD request (urllib honours HTTPS_PROXY), run in a thread so a hanging DNS lookup is cut off too.
-    """
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var}={os.environ[var]} is set"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    outcome = {}
-
-    def probe():
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
-            outcome["reason"] = None
-        except urllib.error.HTTPError:
-            outcome["reason"] = None  # the server answered (even 4xx/5xx): the network is there
-        except Exception as e:  # URLError, socket errors, TLS errors: no usable connection
-            outcome["reason"] = f"cannot reach {endpoint}: {getattr(e, 'reason', e)}"
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if "reason" not in outcome:
-        return f"no answer from {endpoint} within {timeout:g} s"
-    return outcome["reason"]
-
-
-def resolve_source(source: str) -> tuple[str, str | None]:
-    """(corpus, fallback_reason) for a requested source: "openwebtext" or "sotu", and why sotu if it was a fallback."""
-    if source not in SOURCES:
-        raise DataError(f"unknown source {source!r} (option --source / source=): choose one of {', '.join(SOURCES)}")
-    if source == "embedded":
-        return EMBEDDED_CORPUS_NAME, None
-    reason = hub_unreachable_reason()
-    if reason is None:
-        return "openwebtext", None
-    _set_hf_offline()
-    if source == "openwebtext":
-        raise DataError(f"openwebtext was asked for but the Hugging Face hub is unreachable ({reason}). "
-                        "Use the embedded corpus instead: --source embedded (or source=\"auto\")")
-    reason = f"Hugging Face hub unreachable ({reason})"
-    _announce_fallback(reason)
-    return EMBEDDED_CORPUS_NAME, reason
-
-
-def _announce_fallback(reason: str):
-    # One loud line: a result on the wrong corpus must never go unnoticed.
-    print(f"revena: {reason}: using the embedded corpus '{EMBEDDED_CORPUS_NAME}' ({EMBEDDED_CORPUS_DESCRIPTION}) "
-          "instead of openwebtext", file=sys.stderr, flush=True)
-
-
-def _set_hf_offline():
-    # Before `datasets` / `huggingface_hub` are imported anywhere, so they never start their retry loop.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-
-
-def stream_openwebtext(num_docs: int, progress: bool = True) -> list[str]:
-    """The first ``num_docs`` non-empty openwebtext documents, streamed from the hub (nothing else downloaded)."""
-    from datasets import load_dataset
-    from tqdm.auto import tqdm
-
-    try:
-        try:
-            dataset = load_dataset(HF_DATASET_ID, split="train", streaming=True)
-        except RuntimeError as e:
-            if "Dataset scripts are no longer supported" not in str(e):
-                raise
-            # datasets>=4 refuses the repo's loading script; the hub's own parquet export has the same rows.
-            dataset = load_dataset(HF_DATASET_ID, split="train", streaming=True, revision="refs/convert/parquet")
-        texts = []
-        with tqdm(total=num_docs, desc="openwebtext", unit="doc", disable=not progress) as bar:
-            for row in dataset:
-                if row["text"].strip():
-                    texts.append(row["text"])
-                    bar.update(1)
-                if len(texts) == num_docs:
-                    break
-    except Exception as e:  # network drops, hub changes: one clear message instead of a long traceback
-        raise DataError(f"streaming {HF_DATASET_ID} from the Hugging Face hub failed ({type(e).__name__}: {e}). "
-                        "Retry, or use the embedded corpus: --source embedded") from e
-    return texts
-
-
-def _read_corpus(corpus: str, num_docs: int, progress: bool) -> list[str]:
-    if corpus == "openwebtext":
-        return stream_openwebtext(num_docs, progress)
-    return load_embedded_corpus()[:num_docs]
-
-
-def load_documents(source: str = "auto", num_docs: int = 10_000, progress: bool = True) -> tuple[list[str], str, str | None]:
-    """(texts, corpus, fallback_reason): the first ``num_docs`` documents of the source, in corpus order."""
-    corpus, fallback_reason = resolve_source(source)
-    return _read_corpus(corpus, num_docs, progress), corpus, fallback_reason
 
 
 # -----------------------------------------------------------------------------
@@ -337,62 +83,78 @@ def prepare_data(source: str = "auto", num_docs: int = 10_000, max_doc_chars: in
             return _reused(existing, directory)
 
     try:
-        texts = _read_corpus(corpus, num_docs, progress)
+        texts = read_corpus(corpus, num_docs, progress)
     except DataError as e:
         if source != "auto" or corpus != "openwebtext":
             raise
         # The hub answered but streaming failed (repo changed, connection dropped): "auto" still gets data.
         fallback_reason = f"streaming openwebtext failed ({e.__cause__ or e})"
-        _announce_fallback(fallback_reason)
+        announce_fallback(fallback_reason)
         corpus = EMBEDDED_CORPUS_NAME
         existing = None if force else _reusable_meta(directory, corpus, settings)
         if existing is not None:
             return _reused(existing, directory)
-        texts = _read_corpus(corpus, num_docs, progress)
+        texts = read_corpus(corpus, num_docs, progress)
     if len(texts) < 2:
         raise DataError(f"only {len(texts)} document(s) from {corpus}: need at least 2 for a train/val split "
                         "(raise --num-docs)")
+    return _write_prepared(directory, texts, {"corpus": corpus, "source": source, "fallback_reason": fallback_reason},
+                           settings, bpe_size, progress)
 
+
+def _write_prepared(directory: Path, texts: list[str], origin: dict, settings: dict, bpe_size: int | None,
+                    progress: bool) -> dict:
+    """Split, tokenise and write the documents (``origin``: corpus, source, fallback_reason); returns meta."""
     # Truncate characters first, then tokenise: characters and UTF-8 bytes then describe exactly the tokenised text.
-    truncated = [text[:max_doc_chars] for text in texts]
-    train_ids, val_ids = split_documents(len(truncated), val_fraction, split_seed)
+    truncated = [text[:settings["max_doc_chars"]] for text in texts]
+    train_ids, val_ids = split_documents(len(truncated), settings["val_fraction"], settings["split_seed"])
     _ensure_writable(directory)
+    encoder, token_info = _make_tokenizer(bpe_size, [truncated[i] for i in train_ids], directory, progress)
+    doc_tokens = _tokenize(encoder, truncated, progress)
+    meta = _new_meta(texts, origin, token_info, settings)
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        meta["splits"][split] = _write_split(directory, split, ids, truncated, doc_tokens, token_info["eot_id"])
+    # meta.json last: until it is replaced, any older meta no longer matches the new .bin files and loading refuses them.
+    _write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
+    return meta
+
+
+def _make_tokenizer(bpe_size: int | None, train_texts: list[str], directory: Path, progress: bool):
+    """(encoder, meta.json's tokenizer entry): GPT-2, or a BPE of ``bpe_size`` tokens trained on ``train_texts`` (the
+    training split only) and saved as data/tokenizer.json."""
     if bpe_size is None:
         encoder = gpt2_tokenizer()
-        token_info = {"name": "gpt2", "vocab_size": encoder.n_vocab, "eot_id": encoder.eot_token}
-    else:
-        if progress:
-            print(f"revena: training a byte-level BPE of {bpe_size} tokens on the {len(train_ids)} training documents",
-                  flush=True)
-        encoder = train_bpe([truncated[i] for i in train_ids], bpe_size)   # the training split only
-        atomic_write(directory / TOKENIZER_FILE, lambda f: f.write(encoder._tok.to_str().encode("utf-8")))
-        token_info = {"name": encoder.name, "vocab_size": encoder.n_vocab, "eot_id": encoder.eot_token,
-                      "sha256": encoder.sha256, "file": TOKENIZER_FILE}
-    doc_tokens = _tokenize(encoder, truncated, progress)
+        return encoder, {"name": "gpt2", "vocab_size": encoder.n_vocab, "eot_id": encoder.eot_token}
+    if progress:
+        print(f"revena: training a byte-level BPE of {bpe_size} tokens on the {len(train_texts)} training documents",
+              flush=True)
+    encoder = train_bpe(train_texts, bpe_size)
+    atomic_write(directory / TOKENIZER_FILE, lambda f: f.write(encoder._tok.to_str().encode("utf-8")))
+    return encoder, {"name": encoder.name, "vocab_size": encoder.n_vocab, "eot_id": encoder.eot_token,
+                     "sha256": encoder.sha256, "file": TOKENIZER_FILE}
 
-    meta = {
+
+def _new_meta(texts: list[str], origin: dict, token_info: dict, settings: dict) -> dict:
+    """meta.json before its splits are written: where the documents came from, the tokenizer, the settings."""
+    corpus = origin["corpus"]
+    return {
         "format_version": FORMAT_VERSION,
         "corpus": corpus,
         "corpus_description": (EMBEDDED_CORPUS_DESCRIPTION if corpus == EMBEDDED_CORPUS_NAME
                                else f"first {len(texts)} documents of {HF_DATASET_ID} (Hugging Face hub)"),
-        "source": source,
-        "fallback_reason": fallback_reason,
+        "source": origin["source"],
+        "fallback_reason": origin["fallback_reason"],
         "tokenizer": token_info,
         "vocab_size": token_info["vocab_size"],
         "eot_id": token_info["eot_id"],
         "dtype": "uint16",
         "layout": "each document is [EOT, t1..tn]; documents concatenated",
         "settings": settings,
-        "documents": len(truncated),
-        "documents_truncated": sum(len(t) > max_doc_chars for t in texts),
+        "documents": len(texts),
+        "documents_truncated": sum(len(t) > settings["max_doc_chars"] for t in texts),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "splits": {},
     }
-    for split, ids in (("train", train_ids), ("val", val_ids)):
-        meta["splits"][split] = _write_split(directory, split, ids, truncated, doc_tokens, token_info["eot_id"])
-    # meta.json last: until it is replaced, any older meta no longer matches the new .bin files and loading refuses them.
-    _write_bytes(directory / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
-    return meta
 
 
 def prepare_from_preset(preset, source: str | None = None, data_dir=None, progress: bool = True,
@@ -426,7 +188,7 @@ def _reusable_meta(directory: Path, corpus: str, settings: dict, quiet: bool = F
                   flush=True)
         return None
     for split in SPLITS:
-        problem = _bin_problem(directory / meta["splits"][split]["file"], meta["splits"][split])
+        problem = bin_problem(directory / meta["splits"][split]["file"], meta["splits"][split])
         if problem:
             if not quiet:
                 print(f"revena: existing data does not verify ({problem}); rebuilding", flush=True)
@@ -508,3 +270,71 @@ def summary_lines(meta: dict, directory=None) -> list[str]:
     if directory is not None:
         lines.append(f"written to {directory}")
     return lines
+
+
+# -----------------------------------------------------------------------------
+# Command line: python -m revena_lib.prepare_data
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m revena_lib.prepare_data",
+        description="Tokenise the corpus (GPT-2 BPE, or a custom BPE learned from the training split) into "
+                    "data/train.bin, data/val.bin (uint16) and data/meta.json. "
+                    "Each document is stored as [<|endoftext|>, tokens...] and documents are split train/val by "
+                    "document. Re-running with the same settings reuses the verified files.",
+    )
+    presets = "; ".join(f"{name}: {get_preset(name).data.num_docs} docs of at most "
+                        f"{get_preset(name).data.max_doc_chars:,} chars" for name in PRESETS)
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS),
+                        help=f"preset whose DataConfig gives the defaults below ({presets}) (default: cpu)")
+    parser.add_argument("--source", default=None,
+                        help=f"one of {', '.join(SOURCES)}. auto: openwebtext from the Hugging Face hub if it is "
+                             "reachable, else the embedded corpus 'sotu' (233 State of the Union addresses). "
+                             "embedded: always sotu, no network. openwebtext: the hub or an error "
+                             "(default: the preset's, auto)")
+    parser.add_argument("--num-docs", type=int, default=None,
+                        help="use the first N documents of the source (the embedded corpus has 233) "
+                             "(default: the preset's)")
+    parser.add_argument("--max-doc-chars", type=int, default=None,
+                        help="truncate every document to this many characters before tokenising "
+                             "(default: the preset's)")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="share of documents held out for validation, 0 < f < 1 (default: the preset's, 0.1)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the document shuffle that decides the train/val split (default: the preset's)")
+    parser.add_argument("--tokenizer", default=None, metavar="gpt2|bpe-N",
+                        help="gpt2: the GPT-2 BPE (50,257 tokens, the brief's); bpe-N: a byte-level BPE of N tokens "
+                             "trained on the training split only with Hugging Face tokenizers (digits split one per "
+                             "token), saved as data/tokenizer.json; a smaller output layer trains much faster on a "
+                             "CPU, and BPC stays per character (default: the preset's)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where to write train.bin, val.bin, meta.json (default: $REVENA_HOME/data, "
+                             "else the repo's data/)")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even if data with the same settings already exists and verifies")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = get_preset(args.preset).data
+    directory = args.data_dir or default_data_dir()
+    start = time.perf_counter()
+    try:
+        meta = prepare_data(
+            source=args.source if args.source is not None else cfg.source,
+            num_docs=args.num_docs if args.num_docs is not None else cfg.num_docs,
+            max_doc_chars=args.max_doc_chars if args.max_doc_chars is not None else cfg.max_doc_chars,
+            val_fraction=args.val_fraction if args.val_fraction is not None else cfg.val_fraction,
+            split_seed=args.seed if args.seed is not None else cfg.split_seed,
+            data_dir=directory,
+            progress=not args.quiet,
+            force=args.force,
+            tokenizer=args.tokenizer if args.tokenizer is not None else cfg.tokenizer,
+        )
+    except DataError as e:
+        sys.exit(f"error: {e}")
+    for line in summary_lines(meta, directory):
+        print(line)
+    print(f"done in {time.perf_counter() - start:.1f} s")

@@ -170,7 +170,7 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     """
     from revena_lib.training.checkpoint import load_model
     from revena_lib.config import get_preset
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.training.device import autocast, select_device
     from revena_lib.evaluation.results import EvalError, evaluation_documents
     from revena_lib.evaluation.recall import make_recall_items

@@ -505,7 +505,7 @@ def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, result
     with a finished run; baseline is required). Arms must differ only in their row of the arm table.
     """
     from revena_lib.training.checkpoint import read_config
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.training.device import autocast_dtype, dtype_name, select_device
 
     trained_root = Path(trained_root) if trained_root else default_trained_dir()
@@ -674,7 +674,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     from revena_lib.training.checkpoint import CheckpointError
-    from revena_lib.data.prepare import DataError
+    from revena_lib.data import DataError
     from revena_lib.training.device import DeviceError
 
     try:

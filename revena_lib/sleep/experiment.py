@@ -214,7 +214,7 @@ def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRA
     """Every strategy (at every learning rate of ``lrs``; default the night's ``lr``) over every finished run of
     ``arm`` at ``preset`` (or the given ``seeds``); writes and returns the result (``results/sleep.json`` unless
     ``results_path``). ``days`` (a list of ``Day``) replaces the made ones."""
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.training.loop import find_runs, run_dir
 
     d_cfg, s_cfg, e_cfg = defaults(preset)

@@ -150,7 +150,7 @@ def from_pretrained(folder, device="cpu"):
 
 def push(folder, repo_id: str, private: bool = False) -> str:
     """Upload an exported folder to the Hugging Face Hub (one real call). Offline, one clear error at once."""
-    from revena_lib.data.prepare import hub_unreachable_reason
+    from revena_lib.data.corpus import hub_unreachable_reason
 
     reason = hub_unreachable_reason()
     if reason:

@@ -183,7 +183,7 @@ def unigram_bpc(data_dir=None) -> float:
     """BPC of a unigram model: token frequencies of train.bin (add-one smoothed over the GPT-2 vocabulary,
     document-opening EOTs left out), cross-entropy on val's non-EOT tokens, divided by val's characters.
     The bar any trained model must clear by far."""
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
 
     train_split, val_split = load_split("train", data_dir), load_split("val", data_dir)
     eot = train_split.tokenizer.eot_token
@@ -309,7 +309,7 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
     if steps:
         preset.train.steps = int(steps)
     preset.train.seed = seed
-    from revena_lib.data.prepare import load_meta
+    from revena_lib.data.splits import load_meta
     tokenizer = tokenizer_info(load_meta())
     preset.model.vocab_size = int(tokenizer["vocab_size"])   # the model's vocabulary is the data's tokenizer's
     out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
@@ -396,7 +396,7 @@ class _Run:
 
 def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, distributed) -> _Run:
     """Data, model, optimizer (restored from ``state`` when resuming) and the run's files."""
-    from revena_lib.data.prepare import load_split
+    from revena_lib.data.splits import load_split
     from revena_lib.models import build_model
 
     cfg, ranks = preset.train, world_size()
@@ -718,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    from revena_lib.data.prepare import DataError
+    from revena_lib.data import DataError
 
     args = build_parser().parse_args(argv)
     try:
