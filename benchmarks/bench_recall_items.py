@@ -22,7 +22,7 @@ from revena_lib.data.splits import load_split
 from revena_lib.training.device import configure_threads
 from revena_lib.evaluation.ltm_analysis import answer_key_cosines
 from revena_lib.evaluation.recall import make_recall_items, score_recall_items
-from revena_lib.training.loop import find_runs
+from revena_lib.training.runs import find_runs
 
 
 def main() -> None:

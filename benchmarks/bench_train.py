@@ -45,7 +45,8 @@ from revena_lib.config import get_preset
 from revena_lib.training.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
 from revena_lib.models import build_model, transformer
 from revena_lib.models.memory_read import soft_read_plain
-from revena_lib.training.loop import batch_for_step, make_optimizer
+from revena_lib.training.batches import batch_for_step
+from revena_lib.training.loop import make_optimizer
 
 
 def matmul_peak_flops(dtype, device, n: int = 2048, repeats: int = 5) -> float:

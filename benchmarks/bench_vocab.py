@@ -24,8 +24,8 @@ from revena_lib.data.prepare import prepare_from_preset
 from revena_lib.data.splits import load_split
 from revena_lib.training.device import select_device
 from revena_lib.models import build_model
-from revena_lib.training.loop import characters_per_token, lr_at_step, make_optimizer, training_batch, validation_batches, \
-    validation_loss
+from revena_lib.training.batches import characters_per_token, training_batch, validation_batches
+from revena_lib.training.loop import lr_at_step, make_optimizer, validation_loss
 
 
 def setup(preset_name: str, tokenizer: str, root: str):

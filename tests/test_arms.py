@@ -34,7 +34,8 @@ def test_parse_arms_puts_the_baseline_first_and_refuses_unknown_names():
 def test_a_new_arm_is_one_row_in_the_table(smoke_home, tmp_path, monkeypatch):
     """Train and evaluate an arm that exists only as a table row: nothing else is edited."""
     from revena_lib.evaluation.results import evaluate
-    from revena_lib.training.loop import train, train_arms
+    from revena_lib.training.launch import train_arms
+    from revena_lib.training.loop import train
 
     shutil.copytree(smoke_home / "data", tmp_path / "data")
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))
@@ -54,7 +55,9 @@ def test_a_new_arm_is_one_row_in_the_table(smoke_home, tmp_path, monkeypatch):
 def test_parallel_training_processes_give_the_same_runs(smoke_home, tmp_path, monkeypatch):
     """Seeds and arms trained as parallel one-thread processes: the same run directories, finished, each with its
     console log; a failing job is reported with the path of its log."""
-    from revena_lib.training.loop import TrainError, find_runs, train_arms
+    from revena_lib.training import TrainError
+    from revena_lib.training.launch import train_arms
+    from revena_lib.training.runs import find_runs
 
     shutil.copytree(smoke_home / "data", tmp_path / "data")
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))

@@ -168,7 +168,7 @@ def test_the_recursive_arms_are_in_the_table():
 def test_the_recursive_arm_trains_and_evaluates_through_the_common_pipeline(smoke_home, tmp_path, monkeypatch):
     from revena_lib.training.checkpoint import load_model
     from revena_lib.evaluation.results import evaluate
-    from revena_lib.training.loop import train_arms
+    from revena_lib.training.launch import train_arms
 
     shutil.copytree(smoke_home / "data", tmp_path / "data")
     monkeypatch.setenv("REVENA_HOME", str(tmp_path))

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from revena_lib.training import loop as train_mod
+from revena_lib.training import batches as batches_mod
 from revena_lib.training.checkpoint import CheckpointError, load_checkpoint, load_model
 from revena_lib.config import ModelConfig, TrainConfig, get_preset
 from revena_lib.models.transformer import RevenaLM
-from revena_lib.training.loop import (TrainError, TrainingInterrupted, batch_for_step, decays, find_runs, lr_at_step,
-                              param_groups, read_metrics, run_dir, train, unigram_bpc)
+from revena_lib.training import TrainError
+from revena_lib.training.batches import batch_for_step
+from revena_lib.training.loop import TrainingInterrupted, decays, lr_at_step, param_groups, train, unigram_bpc
+from revena_lib.training.runs import find_runs, read_metrics, run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -108,7 +110,7 @@ def test_batch_for_step_names_the_fix_when_documents_are_too_short():
 
 def test_both_arms_see_identical_batches(smoke_data, tmp_path, monkeypatch):
     seen = {}
-    real = train_mod.batch_for_step
+    real = batches_mod.batch_for_step
 
     def spy(split, seed, step, batch_size, seq_len):
         x, y = real(split, seed, step, batch_size, seq_len)
@@ -116,7 +118,7 @@ def test_both_arms_see_identical_batches(smoke_data, tmp_path, monkeypatch):
             seen.setdefault(current, []).append((step, x.clone()))
         return x, y
 
-    monkeypatch.setattr(train_mod, "batch_for_step", spy)
+    monkeypatch.setattr(batches_mod, "batch_for_step", spy)
     for current, with_ltm in (("baseline", False), ("with_ltm", True)):
         train(smoke(steps=3), with_ltm=with_ltm, out_dir=tmp_path / current, progress=False)
     assert len(seen["baseline"]) == 3
@@ -239,14 +241,14 @@ def test_presets_live_side_by_side(smoke_data, tmp_path, monkeypatch):
 
 
 def test_sigterm_saves_checkpoint_and_interrupts(smoke_data, tmp_path, monkeypatch):
-    real = train_mod.batch_for_step
+    real = batches_mod.batch_for_step
 
     def kill_at_step_2(split, seed, step, batch_size, seq_len):
         if split.name == "train" and step == 2:
             os.kill(os.getpid(), signal.SIGTERM)   # the handler only sets a flag; the step finishes first
         return real(split, seed, step, batch_size, seq_len)
 
-    monkeypatch.setattr(train_mod, "batch_for_step", kill_at_step_2)
+    monkeypatch.setattr(batches_mod, "batch_for_step", kill_at_step_2)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(smoke(), with_ltm=False, out_dir=tmp_path / "run", progress=False)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3

@@ -12,7 +12,7 @@ from plotly.subplots import make_subplots
 
 from revena_lib.training.checkpoint import read_config
 from revena_lib.arms import arm_style
-from revena_lib.training.loop import read_metrics
+from revena_lib.training.runs import read_metrics
 
 
 def training_summary(runs: dict) -> pd.DataFrame:

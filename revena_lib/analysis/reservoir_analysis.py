@@ -24,7 +24,8 @@ from revena_lib.models.reservoir import EchoReservoir, ReservoirLM, leaky_esn
 def reservoir_run(preset: str, seed: int = 0, train_steps_if_missing: int = 0, arm: str = "reservoir") -> Path:
     """A finished run of the reservoir arm under trained/<arm>/<preset>/ (``seed`` 0: the first one). Without one,
     trains ``train_steps_if_missing`` steps of it (needs prepared data: notebook 01), or says how to make one."""
-    from revena_lib.training.loop import find_runs, train
+    from revena_lib.training.loop import train
+    from revena_lib.training.runs import find_runs
 
     runs = [r for r in find_runs(arm, preset=preset) if not seed or r.name == f"seed-{seed}"]
     if runs:

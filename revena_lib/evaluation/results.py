@@ -228,7 +228,7 @@ def _missing_arm_message(arm: str, trained_root: Path, preset: str) -> str:
 def find_arm_runs(arms, trained_root: Path, preset: str | None) -> dict[str, list[Path]]:
     """{arm: finished run dirs} for the named arms (all must have one), or, with arms=None, for every arm of
     the table that has a finished run of the preset (baseline must)."""
-    from revena_lib.training.loop import find_runs
+    from revena_lib.training.runs import find_runs
 
     wanted = parse_arms(arms) if arms is not None else tuple(ARMS)
     runs = {arm: find_runs(arm, root=trained_root, preset=preset) for arm in wanted}

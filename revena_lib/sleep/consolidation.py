@@ -381,7 +381,7 @@ def dream_experiences(run: LoadedRun, cfg: SleepConfig, seed: int) -> list[Exper
         rows = generate_dreams(run.model, n, length, cfg.dream_temperature, seed, run.tokenizer.eot_token)
     else:
         from revena_lib.data.splits import load_split
-        from revena_lib.training.loop import batch_for_step
+        from revena_lib.training.batches import batch_for_step
         x, y = batch_for_step(load_split("train"), seed, 0, n, length)
         rows = torch.cat([x, y[:, -1:]], 1).tolist()
     return [Experience(r, [False] + [True] * (len(r) - 1)) for r in rows]

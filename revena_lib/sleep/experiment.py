@@ -215,7 +215,7 @@ def run_experiment(arm: str = "with_ltm", preset: str = "smoke", strategies=STRA
     ``arm`` at ``preset`` (or the given ``seeds``); writes and returns the result (``results/sleep.json`` unless
     ``results_path``). ``days`` (a list of ``Day``) replaces the made ones."""
     from revena_lib.data.splits import load_split
-    from revena_lib.training.loop import find_runs, run_dir
+    from revena_lib.training.runs import find_runs, run_dir
 
     d_cfg, s_cfg, e_cfg = defaults(preset)
     day_cfg, sleep_cfg, eval_cfg = day_cfg or d_cfg, sleep_cfg or s_cfg, eval_cfg or e_cfg

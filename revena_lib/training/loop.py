@@ -1,9 +1,11 @@
-"""Training both arms (baseline and with-LTM) on identical batches, with checkpoints, resumption and metrics.
+"""One training run: an arm and a seed, trained with checkpoints, resumption and metrics.
 
-``train()`` is the one implementation; the CLI and ``notebooks/03_train.ipynb`` both call it. A run
-lives in ``trained/<arm>/<preset>/seed-<seed>/``: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``.
-Several processes (torchrun) split every step's batch rows between them, so the global batch is the
-same as in a single process; only rank 0 writes files.
+``train()`` is the one implementation; ``python -m revena_lib.train`` (``main`` below), ``run_all.py`` and
+``notebooks/03_train.ipynb`` (through ``revena_lib/training/launch.py``) all call it. A run lives in
+``trained/<arm>/<preset>/seed-<seed>/`` (``revena_lib/training/runs.py``): ``config.json``, ``metrics.jsonl``,
+``checkpoint.pt``. Every arm reads the same batches (``revena_lib/training/batches.py``). Several processes
+(torchrun) split every step's batch rows between them, so the global batch is the same as in a single process; only
+rank 0 writes files.
 
     python -m revena_lib.train --with-ltm --preset cpu
     torchrun --standalone --nproc_per_node 2 -m revena_lib.train --preset smoke
@@ -27,49 +29,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib.training import checkpoint as ckpt
-from revena_lib.training.checkpoint import CheckpointError
-from revena_lib.arms import ARMS, BASELINE, arm_preset, check_arm
+from revena_lib.arms import ARMS, BASELINE, arm_preset
 from revena_lib.config import PRESETS, Preset, TrainConfig, get_preset
-from revena_lib.training.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed, dtype_name,
-                               init_distributed, is_main_process, needs_grad_scaler, rank, select_device, world_size)
-from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
-from revena_lib.paths import trained_dir
 from revena_lib.data.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
-
-# Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
-VAL_BATCH_SEED = 20_240_601
-
-
-class TrainError(RuntimeError):
-    pass
+from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
+from revena_lib.training import TrainError
+from revena_lib.training import checkpoint as ckpt
+from revena_lib.training.batches import characters_per_token, training_batch, usable_documents, validation_batches
+from revena_lib.training.checkpoint import CheckpointError
+from revena_lib.training.device import (DTYPES, DeviceError, autocast, autocast_dtype, cleanup_distributed,
+                                        dtype_name, init_distributed, is_main_process, needs_grad_scaler, rank,
+                                        select_device, world_size)
+from revena_lib.training.runs import run_dir
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM during train(): a checkpoint was saved; ``--resume`` continues from it."""
-
-
-def run_dir(arm: str, seed: int, root=None, preset: str = "cpu") -> Path:
-    """``trained/<arm>/<preset>/seed-<seed>``: the preset is part of the path, so a smoke run and a cpu run
-    live side by side and switching presets never meets a checkpoint of another model size."""
-    check_arm(arm)
-    return Path(root or trained_dir()) / arm / preset / f"seed-{seed}"
-
-
-def find_runs(arm: str, root=None, preset: str | None = None) -> list[Path]:
-    """Finished run directories of one arm (of one preset, when given), sorted by preset then seed."""
-    check_arm(arm)
-    runs = []
-    for d in (Path(root or trained_dir()) / arm).glob("*/seed-*"):
-        try:
-            config = json.loads((d / ckpt.CONFIG_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if preset is not None and config.get("preset") != preset:
-            continue
-        if config.get("finished") and (d / ckpt.CHECKPOINT_FILE).exists():
-            runs.append((str(config.get("preset")), int(config.get("seed", 0)), d))
-    return [d for _, _, d in sorted(runs)]
 
 
 # -----------------------------------------------------------------------------
@@ -106,63 +81,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 
 # -----------------------------------------------------------------------------
-# Batches: a pure function of (seed, step), identical for both arms
-
-def _usable_documents(split, seq_len: int) -> np.ndarray:
-    docs = np.flatnonzero(np.asarray(split.doc_lengths) >= seq_len + 1)
-    if len(docs) == 0:
-        raise TrainError(
-            f"no {split.name} document has seq_len+1 = {seq_len + 1} tokens (longest: {int(np.max(split.doc_lengths))}): "
-            "choose a --preset whose seq_len fits the data, or prepare longer documents (max_doc_chars)")
-    return docs
-
-
-def batch_for_step(split, seed: int, step: int, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training batch of ``step``: ``batch_size`` rows of seq_len+1 consecutive tokens, each from ONE document.
-
-    Start positions are uniform over all windows that fit inside a document (so long documents are read in
-    proportion to their length); documents shorter than seq_len+1 are skipped. Returns x = row[:-1],
-    y = row[1:], both (batch_size, seq_len) int64. The same (seed, step) gives the same batch, whatever the
-    arm, process or resume point.
-    """
-    if seed < 0 or step < 0:
-        raise ValueError(f"seed and step must be >= 0 (got seed={seed}, step={step})")
-    docs = _usable_documents(split, seq_len)                        # (D',)
-    windows_per_doc = np.asarray(split.doc_lengths)[docs] - seq_len  # (D',) valid start offsets per document
-    cumulative = np.cumsum(windows_per_doc)                         # (D',)
-    rng = np.random.default_rng([seed, step])
-    picks = rng.integers(0, cumulative[-1], size=batch_size)        # (B,) global window index
-    which = np.searchsorted(cumulative, picks, side="right")        # (B,) index into docs
-    within = picks - (cumulative[which] - windows_per_doc[which])   # (B,) offset inside that document
-    starts = np.asarray(split.doc_offsets)[docs[which]] + within    # (B,) absolute token index
-    rows = np.stack([np.asarray(split.tokens[s:s + seq_len + 1]) for s in starts]).astype(np.int64)  # (B, T+1)
-    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
-
-
-def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows (the same
-    rows for every arm: a pure function of (seed, step))."""
-    x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
-    if cfg.recall_mix <= 0 and cfg.recall_induction <= 0:
-        return x, y
-    from revena_lib.data.recall_mix import plant_facts
-
-    rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
-    rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer,
-                       cfg.recall_induction)
-    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
-
-
-def validation_batches(val_split, cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [batch_for_step(val_split, VAL_BATCH_SEED, i, cfg.batch_size, cfg.seq_len) for i in range(cfg.eval_batches)]
-
-
-def characters_per_token(split) -> float:
-    """Characters per predicted token of a split. Targets never include a document's opening EOT, so the
-    denominator is the non-EOT tokens. An estimate for the training-time val BPC only: evaluate.py computes
-    the exact per-document BPC."""
-    return split.characters / max(1, len(split.tokens) - split.num_docs)
-
+# Validation: the loss on fixed batches, and the unigram model every run must beat
 
 @torch.no_grad()
 def validation_loss(model, batches, device, dtype) -> float:
@@ -198,16 +117,6 @@ def unigram_bpc(data_dir=None) -> float:
 
 # -----------------------------------------------------------------------------
 # Run bookkeeping
-
-def read_metrics(run_dir) -> "pandas.DataFrame":
-    """metrics.jsonl of a run as a DataFrame (one row per logged step; val_* columns NaN between evaluations)."""
-    import pandas as pd
-
-    path = Path(run_dir) / ckpt.METRICS_FILE
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist: train the run first (python -m revena_lib.train)")
-    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
-
 
 def _read_metric_lines(path: Path, up_to_step: int) -> list[str]:
     if not path.exists():
@@ -404,7 +313,7 @@ def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, di
         raise TrainError(f"batch_size {cfg.batch_size} is not divisible by the {ranks} processes; "
                          "choose --nproc_per_node dividing it")
     train_split, val_split = load_split("train"), load_split("val")
-    _usable_documents(train_split, cfg.seq_len)
+    usable_documents(train_split, cfg.seq_len)
 
     torch.manual_seed(seed)  # same initial weights for every arm wherever their shapes coincide
     model = build_model(preset.model).to(device)
@@ -537,14 +446,8 @@ def _train_loop(run: _Run, use_wandb: bool, progress: bool, stop_at: int | None)
             t0 = time.perf_counter()
             values = _optimizer_step(run, step, stop)
             seconds = time.perf_counter() - t0
-            run.train_seconds += seconds
             session_seconds += seconds
-            acc = run.accumulator
-            acc["steps"] += 1
-            acc["seconds"] += seconds
-            acc["loss"] += float(values[0])
-            for i, key in enumerate(MEMORY_COUNT_KEYS):
-                acc["counts"][key] = acc["counts"].get(key, 0.0) + float(values[1 + i])
+            _accumulate(run, values, seconds)
 
             steps_done = step + 1
             eta_s = (cfg.steps - steps_done) * session_seconds / (steps_done - run.start_step)
@@ -554,28 +457,58 @@ def _train_loop(run: _Run, use_wandb: bool, progress: bool, stop_at: int | None)
 
             is_eval = steps_done % cfg.eval_interval == 0 or steps_done == cfg.steps
             if steps_done % cfg.log_interval == 0 or is_eval:
-                record = _metrics_record(run, steps_done, eta_s, is_eval)
-                run.accumulator = _empty_accumulator()
-                if main:
-                    with open(run.metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    if wandb_run is not None:
-                        wandb_run.log(record, step=steps_done)
-                    if is_eval:
-                        bar.write(f"step {steps_done}: loss {record['loss']:.4f} val_loss {record['val_loss']:.4f} "
-                                  f"val_bpc {record['val_bpc']:.4f}")
-                if is_eval:
-                    _save(run, steps_done, finished=steps_done == cfg.steps)
+                _log_metrics(run, steps_done, eta_s, is_eval, wandb_run, bar)
 
-            if float(values[-1]) > 0:
-                stopped_by = "signal"
-            elif stop_at is not None and steps_done >= stop_at and steps_done < cfg.steps:
-                stopped_by = "stop_at"
+            stopped_by = _stop_reason(values, steps_done, cfg.steps, stop_at)
             if stopped_by:
                 if not is_eval:
                     _save(run, steps_done, finished=False)
                 break
     bar.close()
+    _finish(run, wandb_run, stopped_by, steps_done)
+    return run.out
+
+
+def _accumulate(run: _Run, values: torch.Tensor, seconds: float) -> None:
+    """Add one step's seconds, loss and memory counts (``_optimizer_step``'s values) to the run's sums."""
+    run.train_seconds += seconds
+    acc = run.accumulator
+    acc["steps"] += 1
+    acc["seconds"] += seconds
+    acc["loss"] += float(values[0])
+    for i, key in enumerate(MEMORY_COUNT_KEYS):
+        acc["counts"][key] = acc["counts"].get(key, 0.0) + float(values[1 + i])
+
+
+def _log_metrics(run: _Run, steps_done: int, eta_s: float, is_eval: bool, wandb_run, bar) -> None:
+    """One metrics.jsonl line (and wandb, and the bar on eval steps) from the sums since the last one; on eval
+    steps also the checkpoint."""
+    record = _metrics_record(run, steps_done, eta_s, is_eval)
+    run.accumulator = _empty_accumulator()
+    if is_main_process():
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if wandb_run is not None:
+            wandb_run.log(record, step=steps_done)
+        if is_eval:
+            bar.write(f"step {steps_done}: loss {record['loss']:.4f} val_loss {record['val_loss']:.4f} "
+                      f"val_bpc {record['val_bpc']:.4f}")
+    if is_eval:
+        _save(run, steps_done, finished=steps_done == run.cfg.steps)
+
+
+def _stop_reason(values: torch.Tensor, steps_done: int, total_steps: int, stop_at: int | None) -> str | None:
+    """Why the run stops after this step: "signal" (Ctrl-C or SIGTERM on any rank: the last of the step's values),
+    "stop_at", or None to keep going."""
+    if float(values[-1]) > 0:
+        return "signal"
+    if stop_at is not None and steps_done >= stop_at and steps_done < total_steps:
+        return "stop_at"
+    return None
+
+
+def _finish(run: _Run, wandb_run, stopped_by: str | None, steps_done: int) -> None:
+    """After the last step: close wandb, print the ranks' weight checksums, and raise if a signal stopped the run."""
     if wandb_run is not None:
         wandb_run.finish()
     if run.distributed:
@@ -585,92 +518,6 @@ def _train_loop(run: _Run, use_wandb: bool, progress: bool, stop_at: int | None)
     if stopped_by == "signal":
         raise TrainingInterrupted(f"interrupted at step {steps_done}: checkpoint saved to {run.ckpt_path}; "
                                   f"continue with --resume")
-    return run.out
-
-
-def parse_seeds(spec, preset: str | Preset) -> tuple[int, ...]:
-    """'1,2,3' or a sequence -> seeds; empty -> the preset's seeds (3 at cpu)."""
-    if isinstance(spec, str):
-        spec = [s for s in spec.replace(" ", "").split(",") if s]
-    if not spec:
-        return tuple((get_preset(preset) if isinstance(preset, str) else preset).seeds)
-    try:
-        return tuple(int(s) for s in spec)
-    except ValueError:
-        raise TrainError(f"seeds={spec!r}: give whole numbers separated by commas, e.g. seeds='1337,1338,1339'") from None
-
-
-def train_arms(preset: str | Preset, arms, seeds=(), steps: int | None = None, progress: bool = True,
-               device=None, parallel: int = 0) -> dict[str, Path]:
-    """Train (or resume, or reuse when finished) every seed of every arm; returns {"<arm> seed <N>": run_dir}.
-
-    ``arms``: names or 'a,b' (baseline always included); ``seeds``: '' or () for the preset's seeds.
-    ``parallel`` > 1 runs that many single-threaded ``python -m revena_lib.train`` processes at once (on a 2-core
-    CPU two one-thread runs train ~13% more tokens/s in total than one two-thread run; benchmarks/bench_train.py);
-    a named preset only, since the processes rebuild it by name. Each run is still a pure function of its seed.
-    ``parallel=0``: two processes for the cpu preset on a machine without CUDA and with 2+ cores, else one."""
-    from revena_lib.arms import parse_arms
-
-    if parallel <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        parallel = 2 if preset == "cpu" and cores >= 2 and not torch.cuda.is_available() and device != "cuda" else 1
-
-    jobs = [(arm, seed) for arm in parse_arms(arms) for seed in parse_seeds(seeds, preset)]
-    if parallel > 1 and isinstance(preset, str) and (device or "cpu") == "cpu":
-        return _train_in_processes(preset, jobs, steps, parallel, progress)
-    return {f"{arm} seed {seed}": train(preset, arm=arm, seed=seed, steps=steps or None, resume=True,
-                                        progress=progress, device=device) for arm, seed in jobs}
-
-
-def _steps_logged(out: Path) -> int:
-    """The last step a run has written to metrics.jsonl (0 if none yet): for a progress bar across processes."""
-    try:
-        lines = (out / ckpt.METRICS_FILE).read_text().splitlines()
-        return int(json.loads(lines[-1])["step"]) if lines else 0
-    except (OSError, ValueError, KeyError, IndexError):
-        return 0
-
-
-def _train_in_processes(preset: str, jobs, steps, parallel: int, progress: bool) -> dict[str, Path]:
-    """Run the (arm, seed) jobs as ``parallel`` one-thread training processes, with one progress bar over all
-    their steps; a failure (or Ctrl-C) stops the others, whose checkpoints let a rerun resume."""
-    import subprocess
-
-    from tqdm.auto import tqdm
-
-    env = {**os.environ, "REVENA_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    total_steps = (steps or get_preset(preset).train.steps) * len(jobs)
-    pending, running, done = list(jobs), {}, {}
-    bar = tqdm(total=total_steps, disable=not progress, unit="step", desc=f"{len(jobs)} runs, {parallel} at a time")
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                arm, seed = pending.pop(0)
-                cmd = [sys.executable, "-m", "revena_lib.train", "--preset", preset, "--arm", arm, "--seed", str(seed),
-                       "--resume", "--no-progress"] + (["--steps", str(steps)] if steps else [])
-                out = run_dir(arm, seed, preset=preset)
-                out.mkdir(parents=True, exist_ok=True)
-                log = open(out / "train.log", "a")   # the run's console output, beside its metrics
-                running[(arm, seed)] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-            time.sleep(2.0)
-            for key, (proc, log) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[key]
-                if proc.returncode != 0:
-                    raise TrainError(f"training {key[0]} seed {key[1]} failed (exit {proc.returncode}); its output is "
-                                     f"in {log.name}; rerun to resume from the last checkpoint")
-                done[key] = run_dir(*key, preset=preset)
-                bar.write(f"revena: {key[0]} seed {key[1]} done ({len(done)}/{len(jobs)})")
-            logged = sum(_steps_logged(run_dir(*key, preset=preset)) for key in list(running) + list(done))
-            bar.update(max(0, logged - bar.n))
-    finally:
-        for proc, log in running.values():
-            proc.terminate()
-            log.close()
-        bar.close()
-    return {f"{arm} seed {seed}": done[(arm, seed)] for arm, seed in jobs}
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""What each training step reads: a pure function of (seed, step), identical for every arm.
+
+``batch_for_step`` cuts ``batch_size`` rows of ``seq_len + 1`` consecutive tokens, each from one document, at start
+positions drawn from ``numpy.random.default_rng([seed, step])``; ``training_batch`` plants the copying curriculum's
+facts in a share of them (``revena_lib/data/recall_mix.py``). The same (seed, step) gives the same batch whatever
+the arm, the process or the point a run was resumed from. Validation batches use one fixed seed for every run.
+
+    x, y = batch_for_step(load_split("train"), seed=1337, step=0, batch_size=2, seq_len=1024)   # (2, 1024) each
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from revena_lib.config import TrainConfig
+from revena_lib.training import TrainError
+
+# Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
+VAL_BATCH_SEED = 20_240_601
+
+
+def usable_documents(split, seq_len: int) -> np.ndarray:
+    """Indices of the documents long enough for one row (seq_len + 1 tokens); TrainError if there are none."""
+    docs = np.flatnonzero(np.asarray(split.doc_lengths) >= seq_len + 1)
+    if len(docs) == 0:
+        raise TrainError(
+            f"no {split.name} document has seq_len+1 = {seq_len + 1} tokens (longest: {int(np.max(split.doc_lengths))}): "
+            "choose a --preset whose seq_len fits the data, or prepare longer documents (max_doc_chars)")
+    return docs
+
+
+def batch_for_step(split, seed: int, step: int, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch of ``step``: ``batch_size`` rows of seq_len+1 consecutive tokens, each from ONE document.
+
+    Start positions are uniform over all windows that fit inside a document (so long documents are read in
+    proportion to their length); documents shorter than seq_len+1 are skipped. Returns x = row[:-1],
+    y = row[1:], both (batch_size, seq_len) int64. The same (seed, step) gives the same batch, whatever the
+    arm, process or resume point.
+    """
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be >= 0 (got seed={seed}, step={step})")
+    docs = usable_documents(split, seq_len)                        # (D',)
+    windows_per_doc = np.asarray(split.doc_lengths)[docs] - seq_len  # (D',) valid start offsets per document
+    cumulative = np.cumsum(windows_per_doc)                         # (D',)
+    rng = np.random.default_rng([seed, step])
+    picks = rng.integers(0, cumulative[-1], size=batch_size)        # (B,) global window index
+    which = np.searchsorted(cumulative, picks, side="right")        # (B,) index into docs
+    within = picks - (cumulative[which] - windows_per_doc[which])   # (B,) offset inside that document
+    starts = np.asarray(split.doc_offsets)[docs[which]] + within    # (B,) absolute token index
+    rows = np.stack([np.asarray(split.tokens[s:s + seq_len + 1]) for s in starts]).astype(np.int64)  # (B, T+1)
+    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+
+def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows (the same
+    rows for every arm: a pure function of (seed, step))."""
+    x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
+    if cfg.recall_mix <= 0 and cfg.recall_induction <= 0:
+        return x, y
+    from revena_lib.data.recall_mix import plant_facts
+
+    rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
+    rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer,
+                       cfg.recall_induction)
+    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+
+def validation_batches(val_split, cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [batch_for_step(val_split, VAL_BATCH_SEED, i, cfg.batch_size, cfg.seq_len) for i in range(cfg.eval_batches)]
+
+
+def characters_per_token(split) -> float:
+    """Characters per predicted token of a split. Targets never include a document's opening EOT, so the
+    denominator is the non-EOT tokens. An estimate for the training-time val BPC only: evaluate.py computes
+    the exact per-document BPC."""
+    return split.characters / max(1, len(split.tokens) - split.num_docs)
