@@ -14,6 +14,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+RESULTS_FILE = "results.json"   # in results_dir(): evaluation writes it, export and the plots read it
 
 
 def artefact_root() -> Path:

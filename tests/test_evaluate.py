@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from smoke_runs import trained_smoke_home
-from revena_lib.evaluation.results import (BRIEF_KEYS, EvalError, evaluate, evaluation_documents, document_nll, result_arms,
-                                 verdict_lines)
+from revena_lib.evaluation import EvalError
+from revena_lib.evaluation.bpc import evaluation_documents, document_nll
+from revena_lib.evaluation.results import BRIEF_KEYS, evaluate, result_arms, verdict_lines
 
 
 # ----------------------------------------------------------------------------- (statistics: tests/test_stats.py)

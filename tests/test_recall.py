@@ -240,7 +240,7 @@ def test_useful_hit_counts_only_the_answer_tokens_and_in_memory_follows_the_fifo
 
 def test_more_items_where_they_are_needed_keeps_the_first_ones(val):
     from revena_lib.config import EvalConfig
-    from revena_lib.evaluation.results import recall_item_counts
+    from revena_lib.evaluation.scoring import recall_item_counts
 
     few = make_recall_items(val, (32, 256), 2, seed=3)
     many = make_recall_items(val, (32, 256), {32: 2, 256: 5}, seed=3)

@@ -20,8 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from revena_lib.config import get_preset
+from revena_lib.data.splits import load_split
+from revena_lib.evaluation import EvalError
+from revena_lib.evaluation.bpc import document_nll, evaluation_documents
 from revena_lib.evaluation.memory_stats import lifetime_summary
-from revena_lib.evaluation.recall import RecallItem
+from revena_lib.evaluation.recall import RecallItem, make_recall_items, score_recall_items
+from revena_lib.models.transformer import memory_rates
+from revena_lib.training.checkpoint import load_model
+from revena_lib.training.device import autocast, select_device
 
 COSINE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # The brief's rule first (the headline), then higher cuts, then a fixed number of writes per 64-token chunk.
@@ -31,7 +38,7 @@ DEFAULT_SWEEP = ({"ltm_write_threshold_bits": 4.5}, {"ltm_write_threshold_bits":
 
 
 def _core(model):
-    """The RevenaLM under an evaluation wrapper (evaluate.ForwardWith keeps it as .model)."""
+    """The RevenaLM under an evaluation wrapper (evaluation/scoring.py's ForwardWith keeps it as .model)."""
     return getattr(model, "model", model)
 
 
@@ -130,10 +137,6 @@ def _sweep_label(setting: dict) -> str:
 
 def measure_setting(model, docs, items, device, window: int, receptive_field: int, batch_size: int = 8) -> dict:
     """BPC, routed ratio, entry lifetime and recall of one model as it is configured now (one sweep row)."""
-    from revena_lib.evaluation.results import document_nll
-    from revena_lib.models.transformer import memory_rates
-    from revena_lib.evaluation.recall import score_recall_items
-
     measured = document_nll(model, docs, device, lifetimes=True)
     scores = score_recall_items(model, items, device=device, batch_size=batch_size, tokenizer=docs[0]["tokenizer"])
     passkey = [r for r in scores if r["kind"] == "passkey"]
@@ -168,13 +171,6 @@ def write_rule_sweep(run_dir, settings=DEFAULT_SWEEP, preset="cpu", data_dir=Non
     ``label``, ``bpc``, ``routed_token_ratio``, ``lifetime_*`` (tokens), and recall exact / log2 p / share of answers
     still in memory / useful hits, in the window, beyond it and beyond the receptive field.
     """
-    from revena_lib.training.checkpoint import load_model
-    from revena_lib.config import get_preset
-    from revena_lib.data.splits import load_split
-    from revena_lib.training.device import autocast, select_device
-    from revena_lib.evaluation.results import EvalError, evaluation_documents
-    from revena_lib.evaluation.recall import make_recall_items
-
     device = select_device(device)
     model, config = load_model(run_dir, device=device)
     if not getattr(model.cfg, "use_ltm", False):

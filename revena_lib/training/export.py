@@ -32,8 +32,7 @@ class ExportError(RuntimeError):
 
 def _results_for(config: dict, results_dir: Path | None) -> dict | None:
     """The arm's entry of results.json when that file exists and evaluated this run's preset."""
-    from revena_lib.evaluation.results import RESULTS_FILE
-    from revena_lib.paths import results_dir as default_results_dir
+    from revena_lib.paths import RESULTS_FILE, results_dir as default_results_dir
 
     path = Path(results_dir or default_results_dir()) / RESULTS_FILE
     try:
