@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from revena_lib.arms import arm_preset
 from revena_lib.config import get_preset
 from revena_lib.training.device import DTYPES, autocast, autocast_dtype, dtype_name, select_device
-from revena_lib.models import build_model, transformer
+from revena_lib.models import build_model, ltm, transformer
 from revena_lib.models.memory_read import soft_read_plain
 from revena_lib.training.batches import batch_for_step
 from revena_lib.training.loop import make_optimizer
@@ -125,13 +125,13 @@ def scatter_write(memory, routed, kv, positions):
 def unfused_memory():
     """RevenaLM's forward with the LTM code it had before memory_read.py (the plain relaxed read, F.normalize, a
     scatter write), for this block only; the hard read and the per-chunk split stay as they are now."""
-    saved = transformer.soft_read, transformer.unit, transformer.LongTermMemory.write
-    transformer.soft_read, transformer.unit = soft_read_plain, lambda x: F.normalize(x, dim=-1)
-    transformer.LongTermMemory.write = scatter_write
+    saved = ltm.soft_read, ltm.unit, ltm.LongTermMemory.write
+    ltm.soft_read, ltm.unit = soft_read_plain, lambda x: F.normalize(x, dim=-1)
+    ltm.LongTermMemory.write = scatter_write
     try:
         yield
     finally:
-        transformer.soft_read, transformer.unit, transformer.LongTermMemory.write = saved
+        ltm.soft_read, ltm.unit, ltm.LongTermMemory.write = saved
 
 
 @contextlib.contextmanager

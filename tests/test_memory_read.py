@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
-from revena_lib.models import transformer
+from revena_lib.models import ltm
 from revena_lib.models.memory_read import soft_read, soft_read_plain, unit
 from revena_lib.models.transformer import RevenaLM
 
@@ -87,12 +87,12 @@ def test_unit_equals_f_normalize_with_its_gradient():
 @contextlib.contextmanager
 def plain_read():
     """RevenaLM with the plain soft read, for this block only."""
-    fused = transformer.soft_read
-    transformer.soft_read = soft_read_plain
+    fused = ltm.soft_read
+    ltm.soft_read = soft_read_plain
     try:
         yield
     finally:
-        transformer.soft_read = fused
+        ltm.soft_read = fused
 
 
 def tiny_ltm(**overrides) -> RevenaLM:

@@ -7,7 +7,8 @@ import torch
 
 from revena_lib.config import get_preset
 from revena_lib.evaluation.memory_stats import entry_lifetimes, in_memory, lifetime_summary
-from revena_lib.models.transformer import LongTermMemory, RevenaLM
+from revena_lib.models.ltm import LongTermMemory
+from revena_lib.models.transformer import RevenaLM
 
 
 @pytest.mark.parametrize("seed,density", [(0, 0.3), (1, 0.7), (2, 0.05)])

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig, get_preset
-from revena_lib.models.transformer import LongTermMemory, ModelError, RevenaLM, memory_rates, parameter_count
+from revena_lib.models.ltm import LongTermMemory, memory_rates
+from revena_lib.models.transformer import ModelError, RevenaLM, parameter_count
 
 V = 512   # a small vocabulary keeps the tests fast; the model code is vocabulary-agnostic
 
@@ -372,7 +373,7 @@ def test_bad_input_names_the_problem():
 
 
 def test_random_write_rule_writes_as_many_tokens_per_chunk_as_the_surprisal_rule():
-    from revena_lib.models.transformer import write_mask
+    from revena_lib.models.ltm import write_mask
 
     cfg = build(use_ltm=True, ltm_write_rule="random").cfg
     torch.manual_seed(0)

@@ -187,7 +187,7 @@ class TracedModel(OracleModel):
         self.item, self.hit_at, self.routed_positions = item, hit_at, routed_positions
 
     def forward(self, idx, targets=None, introspect=False, memory_read=True):
-        from revena_lib.models.transformer import TOP_HITS, MemoryTrace
+        from revena_lib.models.ltm import TOP_HITS, MemoryTrace
 
         out = super().forward(idx)
         B, T = idx.shape

@@ -8,7 +8,8 @@ import torch
 
 from revena_lib.training import checkpoint
 from revena_lib.config import ModelConfig, get_preset
-from revena_lib.models.transformer import RevenaLM, write_mask
+from revena_lib.models.ltm import write_mask
+from revena_lib.models.transformer import RevenaLM
 
 
 def test_topk_writes_the_k_most_surprising_tokens_of_each_chunk_never_position_0():

@@ -22,7 +22,7 @@ import html
 import numpy as np
 import torch
 
-from revena_lib.models.transformer import memory_rates
+from revena_lib.models.ltm import memory_rates
 from revena_lib.evaluation.recall import model_device
 
 TOP_K = 5

@@ -26,7 +26,7 @@ from revena_lib.evaluation import EvalError
 from revena_lib.evaluation.bpc import document_nll, evaluation_documents
 from revena_lib.evaluation.memory_stats import lifetime_summary
 from revena_lib.evaluation.recall import RecallItem, make_recall_items, score_recall_items
-from revena_lib.models.transformer import memory_rates
+from revena_lib.models.ltm import memory_rates
 from revena_lib.training.checkpoint import load_model
 from revena_lib.training.device import autocast, select_device
 

@@ -41,7 +41,7 @@ from revena_lib.evaluation.recall import in_memory_recall, make_recall_items, su
 from revena_lib.evaluation.scoring import (Log, ScoredArm, recall_item_counts, recall_matrix, receptive_field,
                                            score_arm)
 from revena_lib.evaluation.throughput import measure_throughput, throughput_batches
-from revena_lib.models.transformer import memory_rates
+from revena_lib.models.ltm import memory_rates
 from revena_lib.paths import RESULTS_FILE, results_dir as default_results_dir, trained_dir as default_trained_dir
 from revena_lib.training.checkpoint import CheckpointError, read_config, write_json
 from revena_lib.training.device import DeviceError, autocast_dtype, dtype_name, select_device

@@ -8,17 +8,11 @@ first token reaches back 127 tokens into the chunk before last, so the cache hol
 the banded mask makes the result exactly a sliding window (tests/test_model.py checks it against a naive
 full-sequence reference).
 
-Long-term memory (LTM, only when ``cfg.use_ltm``): one FIFO ring buffer of ``ltm_capacity`` entries per
-sequence, owned by attention layer ``cfg.memory_layer_index``. After the whole model has run on a chunk, the
-chunk's tokens whose surprisal (-log2 p of the observed token under the model's own previous-position
-prediction) is strictly above ``ltm_write_threshold_bits`` are written (detached, except under the relaxed
-training read, ``ltm_soft_width``, where keys keep their gradient within the sequence): that layer's key (before
-RoPE, unit-normalised) and value per head, and the token's position (its token id and surprisal follow from it). In later chunks, each query
-of that layer (before RoPE) is compared by cosine with the stored keys, per head; entries with cosine strictly
-above ``ltm_similarity_threshold`` are hits, their values are averaged with softmax(cosine / temperature)
-weights restricted to the hits and added to the head's attention output through a learned gate
-sigmoid(ltm_gate_logit[h]). No hit -> exactly zero contribution. Both arms run the same chunked code path;
-only the memory differs, and the gate (n_head scalars) is the LTM arm's only extra parameter.
+Long-term memory (LTM, only when ``cfg.use_ltm``): a surprisal-routed FIFO memory owned by attention layer
+``cfg.memory_layer_index``, read by that layer's queries and written after each chunk (``models/ltm.py``). Both arms
+run the same chunked code path; only the memory differs, and its gate (n_head scalars) is the LTM arm's only extra
+parameter. ``RevenaLM.forward`` reads as the model's steps: the layers below the memory on all chunks at once, then
+chunk by chunk the memory read, the rest of the memory layer and the layers above it, the output head, the write.
 
     from revena_lib.models.transformer import RevenaLM; from revena_lib.config import get_preset
     out = RevenaLM(get_preset("smoke").model).forward(idx, targets)  # out.logits (B,T,V), out.loss, out.stats
@@ -34,29 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from revena_lib.config import ModelConfig
-from revena_lib.models.memory_read import EXP_FLOOR, soft_read, unit
+from revena_lib.models.ltm import GATE_INIT_LOGIT, LongTermMemory, MemoryPass, MemoryTrace, chunk_part
 from revena_lib.models.output_head import head_block, weight_grad_buffer, with_weight_grad
 
 LN2 = math.log(2.0)
-TOP_HITS = 4              # K of MemoryTrace.top_hit_*
-GATE_INIT_LOGIT = -2.0    # sigmoid(-2) = 0.12: the memory starts as a small, non-zero nudge the model can grow
 
 
 class ModelError(ValueError):
     pass
-
-
-@dataclass
-class MemoryTrace:
-    """What the LTM did on one forward call (all CPU tensors); only built when ``introspect=True``."""
-    surprisal_bits: torch.Tensor       # (B, T) float
-    routed: torch.Tensor               # (B, T) bool: surprisal > write threshold (position 0 never)
-    hit_count: torch.Tensor            # (B, T) long: distinct entries hit by any head
-    top_hit_positions: torch.Tensor    # (B, T, K) long, -1 = none
-    top_hit_tokens: torch.Tensor       # (B, T, K) long, -1 = none
-    top_hit_cosines: torch.Tensor      # (B, T, K) float, max over heads, sorted desc; 0.0 where position is -1
-    occupancy: torch.Tensor            # (B, n_chunks) long: entries stored after each chunk's write
-    evictions: torch.Tensor            # (B, n_chunks) long: entries pushed out by FIFO during that chunk's write
 
 
 @dataclass
@@ -92,24 +71,6 @@ class TransformerState:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-MEMORY_COUNT_KEYS = ("tokens", "predicted_tokens", "routed_tokens", "routed_surprisal_bits", "hit_tokens")
-
-
-def memory_counts(tokens, predicted_tokens, routed_tokens, routed_surprisal_bits, hit_tokens) -> dict[str, float]:
-    """What a memory did on one forward call, as sums (so batches, ranks and documents add up exactly):
-    tokens seen, tokens with a prediction (T-1 per row), tokens written, their summed surprisal, tokens with a hit."""
-    return dict(zip(MEMORY_COUNT_KEYS, map(float, (tokens, predicted_tokens, routed_tokens, routed_surprisal_bits,
-                                                   hit_tokens))))
-
-
-def memory_rates(counts: dict) -> dict[str, float]:
-    """The brief's logged ratios from summed ``memory_counts``: 0.0 for a model without a memory."""
-    get = lambda k: float(counts.get(k, 0.0))
-    return {"routed_token_ratio": get("routed_tokens") / max(get("predicted_tokens"), 1.0),
-            "avg_surprisal_routed": get("routed_surprisal_bits") / get("routed_tokens") if get("routed_tokens") else 0.0,
-            "ltm_hit_rate": get("hit_tokens") / max(get("tokens"), 1.0)}
-
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin of shape (T, head_dim), float32, for the rotate-half RoPE convention:
@@ -164,31 +125,6 @@ def empty_caches(cfg: ModelConfig, batch_size: int, device) -> list:
     """Zero K/V caches (k after RoPE, v) of every layer, each (B, H, P*c, D): the start of a stream."""
     H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
     return [(torch.zeros(batch_size, H, keep, D, device=device),) * 2 for _ in range(cfg.n_layer)]
-
-
-def write_mask(surprisal: torch.Tensor, positions: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """Which tokens of one chunk the LTM writes: (B, L) bool from surprisal bits (B, L) and positions (B, L).
-
-    ``surprisal`` (the brief): tokens strictly above ``ltm_write_threshold_bits``. ``random`` (the ablation arm):
-    per row, exactly as many tokens as the surprisal rule would write in this chunk, chosen uniformly among the
-    chunk's positions (from torch's global generator), so only *which* tokens are written differs. ``topk``
-    (an evaluation-time alternative, revena_lib/evaluation/ltm_analysis.py): per row, the ``ltm_write_topk`` most surprising
-    tokens of the chunk, whatever their surprisal.
-    Position 0 (the sequence's first token, with no prediction) is never written.
-    """
-    eligible = positions > 0
-    if cfg.ltm_write_rule == "topk":
-        score = surprisal.float().masked_fill(~eligible, -torch.inf)                # (B, L)
-        k = min(cfg.ltm_write_topk, score.shape[1])
-        chosen = torch.zeros_like(eligible).scatter(1, score.topk(k, dim=1, sorted=False).indices, True)
-        return chosen & eligible
-    routed = (surprisal > cfg.ltm_write_threshold_bits) & eligible
-    if cfg.ltm_write_rule == "surprisal":
-        return routed
-    n = routed.sum(dim=1, keepdim=True)                                          # (B, 1) the surprisal rule's count
-    noise = torch.rand(surprisal.shape, device=surprisal.device).masked_fill(~eligible, 2.0)   # ineligible last
-    rank = noise.argsort(dim=1).argsort(dim=1)                                   # (B, L) 0 = first chosen
-    return (rank < n) & eligible
 
 
 # ----------------------------------------------------------------------------------------------- modules
@@ -289,119 +225,6 @@ class Block(nn.Module):
         return x, (keys[:, :, keys.shape[2] - keep:], vals[:, :, vals.shape[2] - keep:])
 
 
-# ----------------------------------------------------------------------------------------------- memory
-
-class LongTermMemory:
-    """Per-forward FIFO memory of ``capacity`` entries per batch row (a ring buffer with a write counter).
-
-    An entry is the memory layer's unit key and value per head, stored side by side in ``kv`` (one row copy per
-    write), and the token's position. Its token id and surprisal are looked up through the position (the memory
-    never outlives its sequence), which keeps the per-chunk work, and so the step time, small.
-    Tensors have capacity + 1 slots: tokens that are not written go to the extra "trash" slot, which keeps the
-    write a single vectorised copy with no data-dependent shapes; reads ignore it.
-    Updates are out of place because earlier reads saved the old tensors for the backward pass.
-    """
-
-    def __init__(self, batch: int, n_head: int, head_dim: int, capacity: int, device):
-        self.capacity, self.head_dim = capacity, head_dim
-        self.kv = torch.zeros(batch, n_head, capacity + 1, 2 * head_dim, device=device)   # [unit key | value] fp32
-        self.positions = torch.full((batch, capacity + 1), -1, dtype=torch.long, device=device)   # -1 = empty
-        self.written = torch.zeros(batch, dtype=torch.long, device=device)                # total writes so far
-
-    def occupancy(self) -> torch.Tensor:
-        return self.written.clamp(max=self.capacity)                                      # (B,)
-
-    def copy(self, detach: bool = False) -> "LongTermMemory":
-        """A new memory over the same tensors (writes are out of place, so the two never affect each other)."""
-        new = LongTermMemory.__new__(LongTermMemory)
-        new.capacity, new.head_dim = self.capacity, self.head_dim
-        new.kv = self.kv.detach() if detach else self.kv
-        new.positions, new.written = self.positions, self.written
-        return new
-
-    def entries(self, row: int = 0) -> list[int]:
-        """Positions held by batch row ``row``, oldest first (for display)."""
-        n, s = int(self.written[row]), self.capacity
-        slots = [(n - k) % s for k in range(min(n, s), 0, -1)]
-        return [int(self.positions[row, i]) for i in slots]
-
-    def write(self, routed: torch.Tensor, kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Append the routed tokens of one chunk in order, evicting the oldest first. Returns evictions (B,).
-
-        routed (B, L) bool; kv (B, H, L, 2D) float32 [unit key | value]; positions (B, L) long.
-        If more than ``capacity`` tokens qualify, only the latest ``capacity`` survive (what FIFO would keep).
-        """
-        s = self.capacity
-        order = routed.long().cumsum(dim=1)                      # (B, L) 1-based rank among routed tokens
-        n_routed = order[:, -1:]                                 # (B, 1) a chunk is never empty
-        skipped = (n_routed - s).clamp(min=0)                    # qualifying tokens overwritten within this chunk
-        keep = routed & (order > skipped)
-        slot = torch.where(keep, (self.written[:, None] + order - 1) % s, s)          # (B, L), s = trash slot
-        # one index_copy of whole rows into kv viewed as (B*H*(S+1), 2D): a quarter of a scatter's time, forward and
-        # backward (kv is detached unless training with the relaxed read). The trash row takes every unwritten token.
-        B, H, _, width = kv.shape
-        rows = (torch.arange(B * H, device=slot.device).view(B, H, 1) * (s + 1) + slot[:, None, :]).view(-1)
-        self.kv = self.kv.view(-1, width).index_copy(0, rows, kv.reshape(-1, width)).view(self.kv.shape)
-        self.positions = self.positions.scatter(1, slot, positions)
-        n = n_routed[:, 0]
-        evictions = (self.occupancy() + n - s).clamp(min=0)
-        self.written = self.written + n
-        return evictions
-
-    def read(self, unit_queries: torch.Tensor, threshold: float, temperature: float, want_trace: bool,
-             soft_width: float = 0.0):
-        """Hit-restricted softmax read for one chunk. unit_queries (B, H, L, D) float32.
-
-        ``soft_width`` > 0 (training only): the hard cut is relaxed to a soft hit-ness sigmoid((cos - threshold) /
-        soft_width) per entry; the read is that soft-hit-weighted softmax, scaled by the soft probability of any
-        hit, so it tends to the hard rule as the width shrinks, and is ~0 when no entry is near the cut. Unlike the
-        hard rule, it passes gradient to queries, keys and gate while every cosine is still below the cut (a fresh
-        model's best pairs sit at 0.6-0.7 against the brief's 0.8, where the hard read is exactly zero).
-
-        Returns (out (B, H, L, D) float32, exactly 0 where a query has no hit; hit_any (B, L) bool; trace pieces
-        (hit_count, top positions, top cosines) or None). Entries only come from earlier chunks, because a
-        chunk writes after its read.
-        """
-        d = self.head_dim
-        # Slots fill in order 0, 1, ...: only the first max-occupancy ones can hold an entry (counted on a CPU; on
-        # a GPU that count would stall the queue once per chunk, so every slot is read there). At least one slot
-        # is read, so an empty memory takes the same path (and reads exactly zero).
-        n = max(int(self.occupancy().max()), 1) if self.kv.device.type == "cpu" else self.capacity
-        positions = self.positions[:, :n]                                     # (B, n); the trash slot is never read
-        if soft_width > 0:   # memory_read.py
-            out, hit_any = soft_read(unit_queries, self.kv[:, :, :n], positions >= 0, threshold, temperature, soft_width)
-            return out, hit_any, None
-        keys, values = self.kv[:, :, :n, :d], self.kv[:, :, :n, d:]
-        cos = unit_queries @ keys.transpose(-1, -2)                          # (B, H, L, n)
-        hit = cos > threshold
-        if threshold < 0:    # an empty slot's key is zero (cosine 0): it can pass a negative cut
-            hit &= (positions >= 0)[:, None, None, :]
-        # softmax over the hits only, normalised on the narrow side (r = (weights @ V) / sum weights). The shift is
-        # the best cosine (detached): never below the best hit, and equal to it when there is one and the cut is
-        # >= 0 (every non-hit, empty slots included, lies at or below the cut).
-        # exp's argument is kept in [EXP_FLOOR, 0] (torch's CPU exp is several times slower on lanes that
-        # underflow, as exp(-inf) does) and non-hits are zeroed after it: a query without hits gets all-zero
-        # weights and zero, finite gradients
-        best = cos.detach().amax(-1, keepdim=True)                          # (B, H, L, 1)
-        weights = torch.where(hit, torch.sub(cos, best).mul_(1.0 / temperature).clamp_(EXP_FLOOR, 0.0).exp_(), 0.0)
-        out = (weights @ values) / weights.sum(-1, keepdim=True).clamp(min=1e-30)   # (B, H, L, D)
-        hit_any = (best[..., 0] > threshold).any(dim=1) if threshold >= 0 else hit.any(dim=-1).any(dim=1)   # (B, L)
-        trace = None
-        if want_trace:
-            hit_entry = hit.any(dim=1)                                       # (B, L, n) hit by any head
-            best = cos.detach().amax(dim=1).masked_fill(~hit_entry, -torch.inf)   # (B, L, n) max over heads
-            k = min(TOP_HITS, n)
-            top_cos, top_slot = best.topk(k, dim=-1)                         # (B, L, k) sorted desc
-            found = torch.isfinite(top_cos)
-            top_pos = torch.where(found, positions.gather(1, top_slot.flatten(1)).view_as(top_slot), -1)
-            top_cos = torch.where(found, top_cos, 0.0)
-            if k < TOP_HITS:   # fewer slots than K: pad so the trace always has K columns
-                top_pos = F.pad(top_pos, (0, TOP_HITS - k), value=-1)
-                top_cos = F.pad(top_cos, (0, TOP_HITS - k), value=0.0)
-            trace = (hit_entry.sum(-1), top_pos, top_cos)
-        return out, hit_any, trace
-
-
 # ----------------------------------------------------------------------------------------------- the model
 
 class RevenaLM(nn.Module):
@@ -444,131 +267,152 @@ class RevenaLM(nn.Module):
 
     def forward(self, idx, targets=None, introspect=False, memory_read=True, state=None,
                 logits: bool = True) -> ModelOutput:
+        """idx (B, T) token ids -> ModelOutput: logits (B, T, V) unless ``logits=False`` and nothing needs them, the
+        mean cross-entropy against ``targets`` (B, T), surprisal bits (B, T), the memory's counts, and with
+        ``introspect`` its trace. ``state`` continues a stream at a chunk boundary (sessions); ``memory_read=False``
+        keeps the writes and turns the reads off."""
         cfg = self.cfg
         check_inputs("RevenaLM", idx, targets)
         B, T = idx.shape
-        device = idx.device
-        c, p = cfg.chunk_size, cache_chunks(cfg)
-        n_chunks = -(-T // c)
-        Tp = n_chunks * c
-        H, D = cfg.n_head, cfg.n_embd // cfg.n_head
-        L = cfg.memory_layer_index
-        use_ltm = cfg.use_ltm
-        offset = 0 if state is None else state.position                            # stream position of idx[:, 0]
-        if offset % c or (state is not None and state.caches[0][0].shape[0] != B):
-            raise ModelError(f"RevenaLM.forward: a state continues at a chunk boundary with its own batch size; got "
-                             f"position {offset} (chunk_size {c}) and batch {B}: keep the partial chunk pending "
-                             "(revena_lib.evaluation.session does) or start from model.new_state(batch_size)")
+        offset = self._stream_position(idx, state)                                  # stream position of idx[:, 0]
+        c, n_chunks = cfg.chunk_size, -(-T // cfg.chunk_size)
         caches_in = state.caches if state is not None else [None] * cfg.n_layer
+        cos, sin, masks = self._rope_and_masks(idx.device, offset, n_chunks)         # (Tp, D), (N, c, (P+1)c)
 
+        # 1. Below the memory: the lower layers and the memory layer's STM attention, all chunks at once
+        x, (y_stm, q, k, v), caches_low = self._below_memory(idx, n_chunks * c, cos, sin, masks, caches_in)
+        # 2. This call's LTM: an empty memory, or the one the state carries
+        soft = self.training and cfg.ltm_soft_width > 0 and not introspect   # the relaxed read trains; eval is hard
+        ltm = MemoryPass(cfg, q, k, v, self.ltm_gate_logit, T, offset, state.memory if state is not None else None,
+                         introspect, soft) if cfg.use_ltm else None
+        # 3. Chunk by chunk: read the memory, finish the memory layer, the layers above, the head, write the memory
+        caches_up = self._upper_caches(caches_in, B, v.dtype, idx.device)
+        need_logits = introspect or state is not None or (logits and (targets is None or not self.training))
+        out = self._new_outputs(idx, x, targets, state, need_logits)
+        # the chunks of the per-token tensors, cut by one split each: a slice per chunk would give each chunk a
+        # full-size zero gradient in the backward, and then as many full-size sums; a split's backward is one cat
+        x_parts, y_parts = x.split(c, dim=1), y_stm.split(c, dim=2)
+        for ci in range(n_chunks):
+            s, e = ci * c, min((ci + 1) * c, T)
+            y = chunk_part(y_parts[ci], 2, e - s)                                   # (B, H, l, D)
+            if ltm is not None and memory_read:
+                y = ltm.read(ci, y, s, e)
+            xc = self._above_memory(chunk_part(x_parts[ci], 1, e - s), y, ci, s, e, cos, sin, masks, caches_up)
+            self._head(xc, idx, targets, s, e, out)
+            if ltm is not None:
+                ltm.write(ci, s, e, out.surprisal)
+
+        # 4. The loss, the stream's state after this call, what the memory did
+        loss = (with_weight_grad(out.nll_sum, self.lm_head.weight, out.grad_w) / out.n_targets
+                if targets is not None else None)
+        new_state = self._state_after(offset, T, out, caches_low + caches_up, ltm) if state is not None else None
+        stats, trace = ltm.stats_and_trace(out.surprisal, idx, offset) if ltm is not None else ({}, None)
+        return ModelOutput(logits=out.logits, loss=loss, surprisal_bits=out.surprisal, stats=stats, trace=trace,
+                           state=new_state)
+
+    # -- the steps of forward
+
+    def _stream_position(self, idx: torch.Tensor, state) -> int:
+        """Where idx starts in its stream: 0, or the state's position (a chunk boundary, with the state's batch size)."""
+        c = self.cfg.chunk_size
+        offset = 0 if state is None else state.position
+        if offset % c or (state is not None and state.caches[0][0].shape[0] != idx.shape[0]):
+            raise ModelError(f"RevenaLM.forward: a state continues at a chunk boundary with its own batch size; got "
+                             f"position {offset} (chunk_size {c}) and batch {idx.shape[0]}: keep the partial chunk "
+                             "pending (revena_lib.evaluation.session does) or start from model.new_state(batch_size)")
+        return offset
+
+    def _rope_and_masks(self, device, offset: int, n_chunks: int):
+        """RoPE tables (Tp, D) of the call's positions, in the autocast dtype when there is one (q and k come out of
+        the linear layers in it), and the banded chunk masks (N, c, (P+1)c)."""
+        cfg = self.cfg
+        Tp, D = n_chunks * cfg.chunk_size, cfg.n_embd // cfg.n_head
         cos, sin = rope_tables(torch.arange(offset, offset + Tp, device=device), D, cfg.rope_base)   # (Tp, D)
-        if torch.is_autocast_enabled(device.type):   # q and k come out of the linear layers in this dtype
+        if torch.is_autocast_enabled(device.type):
             cos, sin = (t.to(torch.get_autocast_dtype(device.type)) for t in (cos, sin))
-        masks = chunk_masks(n_chunks, cfg, device, offset // c)                      # (N, c, (P+1)c)
+        return cos, sin, chunk_masks(n_chunks, cfg, device, offset // cfg.chunk_size)
 
-        # Layers below the memory layer (and the memory layer's STM attention) never depend on the memory,
-        # so they run on all chunks at once; the same chunk masks make this identical to a chunk loop.
+    def _below_memory(self, idx, Tp: int, cos, sin, masks, caches_in):
+        """The embedding, the layers below the memory layer and the memory layer's STM attention, on all chunks at
+        once: none of them depends on the memory, and the chunk masks make this identical to a chunk loop.
+        Returns the residual x (B, Tp, C), the memory layer's (head outputs, q, k, v), each (B, H, Tp, D) with q and
+        k before RoPE, and those layers' new K/V caches."""
+        cfg, L = self.cfg, self.cfg.memory_layer_index
+        c, p = cfg.chunk_size, cache_chunks(cfg)
         x = self.drop(self.wte(idx))                                                 # (B, T, C)
-        x = F.pad(x, (0, 0, 0, Tp - T))                                              # (B, Tp, C)
+        x = F.pad(x, (0, 0, 0, Tp - idx.shape[1]))                                   # (B, Tp, C)
         caches_out = []
         for block, cache in zip(self.blocks[:L], caches_in):
             x, new_cache = block.forward_all(x, cos, sin, masks, c, p, cache)
             caches_out.append(new_cache)
-        mem_block = self.blocks[L]
-        y_stm, q_raw, k_raw, v_raw, new_cache = mem_block.stm_all(x, cos, sin, masks, c, p, caches_in[L])  # (B, H, Tp, D)
+        y_stm, q_raw, k_raw, v_raw, new_cache = self.blocks[L].stm_all(x, cos, sin, masks, c, p, caches_in[L])
         caches_out.append(new_cache)
+        return x, (y_stm, q_raw, k_raw, v_raw), caches_out
 
-        memory = None
-        soft = self.training and cfg.ltm_soft_width > 0 and not introspect   # the relaxed read trains; eval is hard
-        if use_ltm:
-            memory = LongTermMemory(B, H, D, cfg.ltm_capacity, device) if state is None else state.memory.copy()
-            with torch.autocast(device_type=device.type, enabled=False):
-                unit_q = unit(q_raw.float())                                         # (B, H, Tp, D)
-                kv = torch.cat([unit(k_raw.float()), v_raw.float()], dim=-1)       # (B, H, Tp, 2D)
-                if not soft:   # the brief's memory is not differentiable; the soft training read keeps keys' gradient
-                    kv = kv.detach()
-            gate = torch.sigmoid(self.ltm_gate_logit.float())[None, :, None, None]  # (1, H, 1, 1)
-            positions = torch.arange(offset, offset + T, device=device).expand(B, T)
-            routed_all = torch.zeros(B, T, dtype=torch.bool, device=device)
-            hit_all = torch.zeros(B, T, dtype=torch.bool, device=device)
-            if introspect:
-                hit_count = torch.zeros(B, T, dtype=torch.long, device=device)
-                top_pos = torch.full((B, T, TOP_HITS), -1, dtype=torch.long, device=device)
-                top_cos = torch.zeros(B, T, TOP_HITS, device=device)
-                occupancy = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
-                evictions = torch.zeros(B, n_chunks, dtype=torch.long, device=device)
+    def _upper_caches(self, caches_in, batch_size: int, dtype, device) -> list:
+        """K/V caches (k after RoPE, v) of the layers above the memory layer: the state's, or zeros."""
+        cfg = self.cfg
+        H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
+        return [(torch.zeros(batch_size, H, keep, D, device=device, dtype=dtype),) * 2 if cache is None
+                else tuple(t.to(dtype) for t in cache) for cache in caches_in[cfg.memory_layer_index + 1:]]
 
-        upper = self.blocks[L + 1:]
-        caches = [(torch.zeros(B, H, p * c, D, device=device, dtype=v_raw.dtype),) * 2 if cache is None
-                  else tuple(t.to(v_raw.dtype) for t in cache) for cache in caches_in[L + 1:]]
-        surprisal = torch.zeros(B, T, device=device)        # bits; the stream's position 0 stays 0.0
+    def _new_outputs(self, idx, x, targets, state, need_logits: bool) -> "_ChunkOutputs":
+        """Empty per-call outputs; the first token's surprisal comes from the state's last prediction, if any."""
+        B, T = idx.shape
+        surprisal = torch.zeros(B, T, device=idx.device)        # bits; the stream's position 0 stays 0.0
         if state is not None and state.last_log_probs is not None:   # the first token was predicted last call
             surprisal[:, 0] = -state.last_log_probs.gather(-1, idx[:, :1])[:, 0] / LN2
-        need_logits = introspect or state is not None or (logits and (targets is None or not self.training))
-        logits = None
-        nll_sum = torch.zeros((), device=device)
-        n_targets = torch.zeros((), device=device)
-        head_grad_w = weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None   # (V, C)
-        # the chunks of the per-token tensors, cut by one split each: a slice per chunk would give each chunk a
-        # full-size zero gradient in the backward, and then as many full-size sums; a split's backward is one cat
-        x_parts, y_parts = x.split(c, dim=1), y_stm.split(c, dim=2)
-        q_parts, kv_parts = (unit_q.split(c, dim=2), kv.split(c, dim=2)) if use_ltm else (None, None)
+        return _ChunkOutputs(surprisal, need_logits, torch.zeros((), device=idx.device),
+                             torch.zeros((), device=idx.device),
+                             weight_grad_buffer(x, self.lm_head.weight) if targets is not None else None)   # (V, C)
 
-        for ci in range(n_chunks):
-            s, e = ci * c, min((ci + 1) * c, T)
-            cut = (lambda t, dim: t) if e - s == c else (lambda t, dim: t.narrow(dim, 0, e - s))   # the last chunk
-            y = cut(y_parts[ci], 2)                                                  # (B, H, l, D)
-            if use_ltm and memory_read:
-                with torch.autocast(device_type=device.type, enabled=False):
-                    read, hit_any, tr = memory.read(cut(q_parts[ci], 2), cfg.ltm_similarity_threshold,
-                                                    cfg.ltm_score_temperature, introspect and not soft,
-                                                    cfg.ltm_soft_width if soft else 0.0)
-                    y = (y.float() + gate * read).to(y.dtype)   # no hit: read is exactly 0
-                hit_all[:, s:e] = hit_any
-                if introspect:
-                    hit_count[:, s:e], top_pos[:, s:e], top_cos[:, s:e] = tr
-            xc = cut(x_parts[ci], 1) + mem_block.attn.merge(y)
-            xc = xc + mem_block.mlp(mem_block.ln_2(xc))
-            for j, block in enumerate(upper):
-                xc, caches[j] = block.forward_chunk(xc, cos[s:e], sin[s:e], masks[ci, :e - s, :p * c + e - s], caches[j])
-            # surprisal of the next tokens s+1 .. e (the last one belongs to the next chunk); the fused head
-            # (output_head.py) builds no logits when training with targets
-            nxt = idx[:, s + 1:e + 1]                                                # (B, l or l-1)
-            logits_c, nll_c, n_c, bits = head_block(self.ln_f(xc), self.lm_head.weight,
-                                                    F.pad(nxt, (0, e - s - nxt.shape[1]), value=-1),   # (B, l)
-                                                    None if targets is None else targets[:, s:e], need_logits,
-                                                    head_grad_w)
-            if need_logits:
-                if logits is None:
-                    logits = torch.empty(B, T, cfg.vocab_size, device=device, dtype=logits_c.dtype)
-                logits[:, s:e] = logits_c                                            # (B, l, V)
-            surprisal[:, s + 1:e + 1] = bits[:, :nxt.shape[1]]
-            if targets is not None:
-                nll_sum = nll_sum + nll_c
-                n_targets = n_targets + n_c
-            if use_ltm:
-                routed = write_mask(surprisal[:, s:e], positions[:, s:e], cfg)
-                routed_all[:, s:e] = routed
-                ev = memory.write(routed, cut(kv_parts[ci], 2), positions[:, s:e])
-                if introspect:
-                    occupancy[:, ci], evictions[:, ci] = memory.occupancy(), ev
+    def _above_memory(self, x, y, ci: int, s: int, e: int, cos, sin, masks, caches: list) -> torch.Tensor:
+        """One chunk through the rest of the memory layer (from its head outputs y (B, H, l, D) and the residual x
+        (B, l, C)) and the layers above it, each against its K/V cache (updated in ``caches``). Returns (B, l, C)."""
+        cfg = self.cfg
+        c, p, L = cfg.chunk_size, cache_chunks(cfg), cfg.memory_layer_index
+        mem_block = self.blocks[L]
+        xc = x + mem_block.attn.merge(y)
+        xc = xc + mem_block.mlp(mem_block.ln_2(xc))
+        for j, block in enumerate(self.blocks[L + 1:]):
+            xc, caches[j] = block.forward_chunk(xc, cos[s:e], sin[s:e], masks[ci, :e - s, :p * c + e - s], caches[j])
+        return xc
 
-        loss = with_weight_grad(nll_sum, self.lm_head.weight, head_grad_w) / n_targets if targets is not None else None
-        new_state = None
-        if state is not None:   # logits_c is the last chunk's: its last real row predicts the next call's first token
-            last = F.log_softmax(logits_c[:, T - 1 - (n_chunks - 1) * c].float(), dim=-1).detach()   # (B, V)
-            new_state = TransformerState(offset + T, [tuple(t.detach() for t in cc) for cc in caches_out + caches],
-                                         last, memory.copy(detach=True) if use_ltm else None)
-        stats = {}
-        trace = None
-        if use_ltm:
-            routed_surprisal = torch.where(routed_all, surprisal, torch.zeros_like(surprisal)).sum()
-            counts = torch.stack([routed_all.sum().float(), routed_surprisal, hit_all.sum().float()]).tolist()  # one sync
-            stats = memory_counts(B * T, B * (T - 1 if offset == 0 else T), *counts)
-            if introspect:   # an entry's token id is the token at its position (-1: from an earlier call)
-                rel = top_pos - offset
-                top_tok = torch.where(rel >= 0, idx.gather(1, rel.clamp(min=0).flatten(1)).view_as(top_pos), -1)
-                trace = MemoryTrace(surprisal.cpu(), routed_all.cpu(), hit_count.cpu(), top_pos.cpu(),
-                                    top_tok.cpu(), top_cos.cpu(), occupancy.cpu(), evictions.cpu())
-        return ModelOutput(logits=logits, loss=loss, surprisal_bits=surprisal, stats=stats, trace=trace,
-                           state=new_state)
+    def _head(self, xc, idx, targets, s: int, e: int, out: "_ChunkOutputs") -> None:
+        """The output head on one chunk: its logits (when wanted), the surprisal of the next tokens s+1 .. e (the last
+        one belongs to the next chunk) and the NLL of its targets. The fused head (output_head.py) builds no logits
+        when training with targets."""
+        nxt = idx[:, s + 1:e + 1]                                                    # (B, l or l-1)
+        logits_c, nll_c, n_c, bits = head_block(self.ln_f(xc), self.lm_head.weight,
+                                                F.pad(nxt, (0, e - s - nxt.shape[1]), value=-1),   # (B, l)
+                                                None if targets is None else targets[:, s:e], out.need_logits,
+                                                out.grad_w)
+        if out.need_logits:
+            if out.logits is None:
+                out.logits = torch.empty(*idx.shape, self.cfg.vocab_size, device=idx.device, dtype=logits_c.dtype)
+            out.logits[:, s:e] = logits_c                                            # (B, l, V)
+        out.last_logits = logits_c
+        out.surprisal[:, s + 1:e + 1] = bits[:, :nxt.shape[1]]
+        if targets is not None:
+            out.nll_sum = out.nll_sum + nll_c
+            out.n_targets = out.n_targets + n_c
+
+    def _state_after(self, offset: int, T: int, out: "_ChunkOutputs", caches: list, ltm) -> TransformerState:
+        """The stream's state after this call: detached caches, the next token's prediction, a copy of the memory."""
+        c = self.cfg.chunk_size
+        # the last chunk's logits: its last real row predicts the next call's first token
+        last = F.log_softmax(out.last_logits[:, T - 1 - (-(-T // c) - 1) * c].float(), dim=-1).detach()   # (B, V)
+        return TransformerState(offset + T, [tuple(t.detach() for t in cc) for cc in caches], last,
+                                ltm.memory.copy(detach=True) if ltm is not None else None)
+
+
+@dataclass
+class _ChunkOutputs:
+    """What the output head has produced so far in one forward call, filled chunk by chunk (``RevenaLM._head``)."""
+    surprisal: torch.Tensor                   # (B, T) bits of each token given everything before it
+    need_logits: bool
+    nll_sum: torch.Tensor                     # () summed NLL (nats) of the targets so far
+    n_targets: torch.Tensor                   # () how many targets that was
+    grad_w: torch.Tensor | None               # the head's weight-gradient buffer (V, C) shared by the chunks, or None
+    logits: torch.Tensor | None = None        # (B, T, V) when need_logits, allocated at the first chunk
+    last_logits: torch.Tensor | None = None   # the latest chunk's logits (B, l, V) (or empty): a state's next prediction

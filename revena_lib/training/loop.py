@@ -32,7 +32,7 @@ import torch
 from revena_lib.arms import ARMS, BASELINE, arm_preset
 from revena_lib.config import PRESETS, Preset, TrainConfig, get_preset
 from revena_lib.data.tokenizer import TokenizerError, check_same_tokenizer, tokenizer_info
-from revena_lib.models.transformer import MEMORY_COUNT_KEYS, memory_rates
+from revena_lib.models.ltm import MEMORY_COUNT_KEYS, memory_rates
 from revena_lib.training import TrainError
 from revena_lib.training import checkpoint as ckpt
 from revena_lib.training.batches import characters_per_token, training_batch, usable_documents, validation_batches
