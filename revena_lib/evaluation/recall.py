@@ -180,42 +180,50 @@ def make_recall_items(filler, distances, items_per_distance, seed: int, tokenize
             raise RecallError(f"make_recall_items: distance must be >= 0, got {distance}")
         count = items_per_distance.get(distance, 0) if isinstance(items_per_distance, dict) else items_per_distance
         for i in range(int(count)):
-            rng = np.random.default_rng([seed, distance, i])
-            prefix_len = int(rng.integers(PREFIX_TOKENS[0], PREFIX_TOKENS[1] + 1))
-            need = prefix_len + distance
-            long_enough = [d for d, b in enumerate(bodies) if len(b) >= need]
-            if long_enough:
-                doc_index = long_enough[int(rng.integers(len(long_enough)))]
-                source = bodies[doc_index]
-            else:
-                doc_index, source = -1, joined
-                if len(joined) < need:
-                    raise RecallError(f"make_recall_items: the filler has {len(joined)} text tokens in all, "
-                                      f"fewer than the {need} needed for distance {distance}")
-            offset = int(rng.integers(0, len(source) - need + 1))
-            prefix = source[offset:offset + prefix_len].tolist()
-            gap = source[offset + prefix_len:offset + need].tolist()
-            planted = _planted_pair(rng, enc)
-            fact, question, answer, answer_text = planted["passkey"]
-            planted["no_fact"] = ([], question, answer, answer_text)
-            other = _other_key(rng, answer_text)   # drawn last: the passkey and control draws stay as they were
-            planted["wrong_key"] = (question + enc.encode(other) + enc.encode(PASSKEY_TAIL), question, answer,
-                                    answer_text)
-            # the answer inside each fact: the fact is question + answer (+ tail), so it follows the question
-            planted_len = {"passkey": len(answer), "control": len(planted["control"][2]), "no_fact": -1,
-                           "wrong_key": len(enc.encode(other))}
-            for kind in KINDS:
-                fact, question, answer, answer_text = planted[kind]
-                tokens = [enc.eot_token] + prefix + fact + gap + question + answer
-                fact_start = 1 + prefix_len
-                fact_end = fact_start + len(fact)
-                answer_start = fact_end + distance + len(question)
-                in_fact = fact_start + len(question) if fact else -1
-                items.append(RecallItem(tokens=tokens, answer_start=answer_start, answer_len=len(answer),
-                                        distance=distance, kind=kind, answer_text=answer_text,
-                                        fact_start=fact_start, fact_end=fact_end, doc_index=doc_index,
-                                        fact_answer_start=in_fact, fact_answer_len=planted_len[kind]))
-                assert enc.decode(items[-1].answer_tokens) == answer_text
+            items += _paired_items(np.random.default_rng([seed, distance, i]), bodies, joined, distance, enc)
+    return items
+
+
+def _paired_items(rng: np.random.Generator, bodies: list[np.ndarray], joined: np.ndarray, distance: int,
+                  enc) -> list[RecallItem]:
+    """One item of each kind in ``KINDS`` at one distance, all made from the same stretch of real text (one (D, i)
+    of ``make_recall_items``; ``rng`` is drawn from in a fixed order, so the items never change)."""
+    prefix_len = int(rng.integers(PREFIX_TOKENS[0], PREFIX_TOKENS[1] + 1))
+    need = prefix_len + distance
+    long_enough = [d for d, b in enumerate(bodies) if len(b) >= need]
+    if long_enough:
+        doc_index = long_enough[int(rng.integers(len(long_enough)))]
+        source = bodies[doc_index]
+    else:
+        doc_index, source = -1, joined
+        if len(joined) < need:
+            raise RecallError(f"make_recall_items: the filler has {len(joined)} text tokens in all, "
+                              f"fewer than the {need} needed for distance {distance}")
+    offset = int(rng.integers(0, len(source) - need + 1))
+    prefix = source[offset:offset + prefix_len].tolist()
+    gap = source[offset + prefix_len:offset + need].tolist()
+    planted = _planted_pair(rng, enc)
+    fact, question, answer, answer_text = planted["passkey"]
+    planted["no_fact"] = ([], question, answer, answer_text)
+    other = _other_key(rng, answer_text)   # drawn last: the passkey and control draws stay as they were
+    planted["wrong_key"] = (question + enc.encode(other) + enc.encode(PASSKEY_TAIL), question, answer,
+                            answer_text)
+    # the answer inside each fact: the fact is question + answer (+ tail), so it follows the question
+    planted_len = {"passkey": len(answer), "control": len(planted["control"][2]), "no_fact": -1,
+                   "wrong_key": len(enc.encode(other))}
+    items = []
+    for kind in KINDS:
+        fact, question, answer, answer_text = planted[kind]
+        tokens = [enc.eot_token] + prefix + fact + gap + question + answer
+        fact_start = 1 + prefix_len
+        fact_end = fact_start + len(fact)
+        answer_start = fact_end + distance + len(question)
+        in_fact = fact_start + len(question) if fact else -1
+        items.append(RecallItem(tokens=tokens, answer_start=answer_start, answer_len=len(answer),
+                                distance=distance, kind=kind, answer_text=answer_text,
+                                fact_start=fact_start, fact_end=fact_end, doc_index=doc_index,
+                                fact_answer_start=in_fact, fact_answer_len=planted_len[kind]))
+        assert enc.decode(items[-1].answer_tokens) == answer_text
     return items
 
 
@@ -268,45 +276,49 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
         for row, it in enumerate(batch):
             idx[row, :len(it.tokens)] = torch.tensor(it.tokens, dtype=torch.long)
         out = model(idx.to(device), introspect=use_ltm)
-        trace = out.trace if use_ltm else None
         for row, (k, it) in enumerate(zip(batch_ids, batch)):
-            # logits at position p predict token p+1, so the answer is predicted at answer_start-1 ...
-            pred_pos = slice(it.answer_start - 1, it.answer_start - 1 + it.answer_len)
-            logits = out.logits[row, pred_pos].float()                        # (A, V)
-            answer = torch.tensor(it.answer_tokens, device=logits.device)     # (A,)
-            logprob_bits = torch.log_softmax(logits, dim=-1).gather(1, answer[:, None])[:, 0] / np.log(2.0)
-            greedy = logits.argmax(dim=-1)
-            scores = {
-                "exact_match": int(bool((greedy == answer).all())),
-                "answer_logprob_bits": float(logprob_bits.mean()),
-                "distance": it.distance,
-                "kind": it.kind,
-                "answer_text": it.answer_text,
-                "predicted_text": enc.decode(greedy.tolist()),
-                "memory_hit_rate": 0.0,
-                "answer_hit": 0,
-                "answer_hit_in_fact": 0,
-                "useful_hit": 0,
-                "aligned_hit": 0,
-                "same_token_hit": 0,
-                "answer_written": 0,
-                "answer_in_memory": 0,
-                "answer_any_in_memory": 0,
-                "answer_tokens_in_memory": 0.0,
-            }
-            if trace is not None:
-                hits = trace.hit_count[row, :len(it.tokens)] > 0                 # (T,)
-                scores["memory_hit_rate"] = float(hits.float().mean())
-                scores["answer_hit"] = int(bool(hits[pred_pos].any()))
-                if it.fact_start >= 0:
-                    pos = trace.top_hit_positions[row, pred_pos]                 # (A, K)
-                    in_fact = (pos >= it.fact_start) & (pos < it.fact_end)
-                    scores["answer_hit_in_fact"] = int(bool(in_fact.any()))
-                span = it.fact_answer_span()
-                if span is not None:
-                    scores.update(_answer_in_memory(trace, row, it, span, model.cfg))
-            results[k] = scores
+            results[k] = _item_scores(model, out, row, it, enc, out.trace if use_ltm else None)
     return results
+
+
+def _item_scores(model, out, row: int, it: RecallItem, enc, trace) -> dict:
+    """The scores of one item (see ``score_recall_items``) from row ``row`` of a batch's output."""
+    # logits at position p predict token p+1, so the answer is predicted at answer_start-1 ...
+    pred_pos = slice(it.answer_start - 1, it.answer_start - 1 + it.answer_len)
+    logits = out.logits[row, pred_pos].float()                        # (A, V)
+    answer = torch.tensor(it.answer_tokens, device=logits.device)     # (A,)
+    logprob_bits = torch.log_softmax(logits, dim=-1).gather(1, answer[:, None])[:, 0] / np.log(2.0)
+    greedy = logits.argmax(dim=-1)
+    scores = {
+        "exact_match": int(bool((greedy == answer).all())),
+        "answer_logprob_bits": float(logprob_bits.mean()),
+        "distance": it.distance,
+        "kind": it.kind,
+        "answer_text": it.answer_text,
+        "predicted_text": enc.decode(greedy.tolist()),
+        "memory_hit_rate": 0.0,
+        "answer_hit": 0,
+        "answer_hit_in_fact": 0,
+        "useful_hit": 0,
+        "aligned_hit": 0,
+        "same_token_hit": 0,
+        "answer_written": 0,
+        "answer_in_memory": 0,
+        "answer_any_in_memory": 0,
+        "answer_tokens_in_memory": 0.0,
+    }
+    if trace is not None:
+        hits = trace.hit_count[row, :len(it.tokens)] > 0                 # (T,)
+        scores["memory_hit_rate"] = float(hits.float().mean())
+        scores["answer_hit"] = int(bool(hits[pred_pos].any()))
+        if it.fact_start >= 0:
+            pos = trace.top_hit_positions[row, pred_pos]                 # (A, K)
+            in_fact = (pos >= it.fact_start) & (pos < it.fact_end)
+            scores["answer_hit_in_fact"] = int(bool(in_fact.any()))
+        span = it.fact_answer_span()
+        if span is not None:
+            scores.update(_answer_in_memory(trace, row, it, span, model.cfg))
+    return scores
 
 
 def _answer_in_memory(trace, row: int, it: RecallItem, span: tuple[int, int], cfg) -> dict:
