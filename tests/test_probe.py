@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from revena_lib.config import get_preset
-from revena_lib.analysis.probe import (hits_per_chunk, probe_widget, static_token_html, static_trace_html,
-                              surprisal_colour, threshold_sweep, trace_document)
+from revena_lib.analysis.probe import (hits_per_chunk, static_token_html, static_trace_html, surprisal_colour,
+                                       threshold_sweep, trace_document)
+from revena_lib.analysis.probe_widget import probe_widget
 from revena_lib.data.tokenizer import EOT_ID, get_tokenizer
 
 TEXT = "Fellow-Citizens of the Senate and House of Representatives: the pass key is 48213. " * 6

@@ -39,8 +39,9 @@ def _ltm_html(entries: list[dict], limit: int = 40) -> str:
     return f"<b>{len(entries)} LTM entries</b> (latest {len(shown)}, oldest first): {cells}"
 
 
-def chat_widget(session, max_new_tokens: int = 24, temperature: float = 0.0, seed: int = 0) -> widgets.VBox:
-    """The widget: a text box, Feed / Generate / Reset buttons, the log, the state summary and the LTM entries."""
+def _controls(max_new_tokens: int):
+    """The widget's parts, each with its CSS class: the text box, the Feed / Generate / Reset buttons, the log, the
+    state summary, the LTM entries and a status line."""
     text = widgets.Textarea(placeholder="Type text, then Feed (read it) or Generate (read it, then continue)",
                             layout=widgets.Layout(width="100%", height="70px"))
     text.add_class("revena-chat-input")
@@ -57,6 +58,12 @@ def chat_widget(session, max_new_tokens: int = 24, temperature: float = 0.0, see
     summary.add_class("revena-chat-summary")
     ltm.add_class("revena-chat-ltm")
     status.add_class("revena-chat-status")
+    return text, buttons, log, summary, ltm, status
+
+
+def chat_widget(session, max_new_tokens: int = 24, temperature: float = 0.0, seed: int = 0) -> widgets.VBox:
+    """The widget: a text box, Feed / Generate / Reset buttons, the log, the state summary and the LTM entries."""
+    text, buttons, log, summary, ltm, status = _controls(max_new_tokens)
     pieces: list[str] = []
 
     def refresh(message: str = "") -> None:

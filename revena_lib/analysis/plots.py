@@ -111,7 +111,19 @@ def results_figure(results: dict) -> Figure:
     window = _window(results)
     fig = Figure(figsize=(20, 8.5), layout="constrained")
     axes = fig.subplots(2, 4)
-    for ax, (key, title) in zip(axes[0], BARS):
+    _bar_panels(axes[0], results, arms, window)
+    _recall_panels(axes[1][:2], results, arms)
+    _hit_rate_panel(axes[1][2], results)
+    for ax, (key, title) in zip(axes[:, 3], FOREST):
+        _forest(ax, results, key, title)
+    _distance_lines(axes[1][:3], results, arms, window)
+    fig.suptitle(f"Revena: which memory helps?  ({_subtitle(results)})", fontsize=11)
+    return fig
+
+
+def _bar_panels(axes, results: dict, arms: list[str], window: int) -> None:
+    """The top row: one bar per arm for each of BARS, with its interval and the headline pair's difference."""
+    for ax, (key, title) in zip(axes, BARS):
         values = [results[arm][key] for arm in arms]
         errors = np.array([_error(v, *_ci(results, arm, key)) for v, arm in zip(values, arms)]).T   # (2, arms)
         ax.bar([_label(a) for a in arms], values, yerr=errors, capsize=6, color=[_colour(a) for a in arms])
@@ -120,20 +132,26 @@ def results_figure(results: dict) -> Figure:
             ax.annotate(f"{v:,.0f}" if key == "tokens_per_sec" else f"{v:.3g}", (i, v), textcoords="offset points", xytext=(0, 3), ha="center", va="bottom")
         diff = _diff_text(results, key)
         ax.set_title(title + (f"\n{diff}" if diff else ""), fontsize=10)
-    axes[0][1].set_ylim(0, 1.05)
-    axes[0][1].set_ylabel(f"passkey exact match, distance > {window}")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_ylabel(f"passkey exact match, distance > {window}")
 
+
+def _recall_panels(axes, results: dict, arms: list[str]) -> None:
+    """Recall by distance, exact and graded: every arm's passkey items (solid) and control items (dashed)."""
     recall_panels = (("exact", "recall by distance: exact match", "exact match"),
                      ("logprob_bits", "recall by distance: graded", "answer log2 p per token (higher is better)"))
-    for ax, (key, title, ylabel) in zip(axes[1][:2], recall_panels):
+    for ax, (key, title, ylabel) in zip(axes, recall_panels):
         for arm in arms:
             d, passkey = _by_distance(results, arm, key)
             _, control = _by_distance(results, arm, f"control_{key}")
             ax.plot(d, passkey, "o-", color=_colour(arm), label=f"{_label(arm)} passkey")
             ax.plot(d, control, "s--", color=_colour(arm), alpha=0.6, label=f"{_label(arm)} control")
         ax.set(title=title, xlabel="filler tokens between fact and question", ylabel=ylabel)
-    axes[1][0].set_ylim(-0.03, 1.03)
-    ax = axes[1][2]
+    axes[0].set_ylim(-0.03, 1.03)
+
+
+def _hit_rate_panel(ax, results: dict) -> None:
+    """The with_ltm arm's memory hits by recall distance: any hit, at the answer, in the fact, useful, still held."""
     if "with_ltm" in results:
         d, hit = _by_distance(results, "with_ltm", "memory_hit_rate")
         _, answer_hit = _by_distance(results, "with_ltm", "answer_hit")
@@ -149,11 +167,14 @@ def results_figure(results: dict) -> Figure:
                    label="validation documents")
     ax.set(title="LTM hit rate by recall distance", xlabel="filler tokens between fact and question",
            ylabel="share", ylim=(-0.03, 1.03))
-    for ax, (key, title) in zip(axes[:, 3], FOREST):
-        _forest(ax, results, key, title)
+
+
+def _distance_lines(axes, results: dict, arms: list[str], window: int) -> None:
+    """On the by-distance panels: the window, the receptive field and the LTM entry lifetime as vertical lines, the
+    legends, and a log2 distance axis."""
     distances = sorted({d for arm in arms for d in _by_distance(results, arm, "exact")[0]})
     field = _receptive_field(results)
-    for ax in axes[1][:3]:
+    for ax in axes:
         ax.axvline(window, color="#d62728", ls=":", lw=1.5, label=f"window ({window})")
         if field:
             ax.axvline(field, color="#9467bd", ls="-.", lw=1.5, label=f"receptive field ({field})")
@@ -165,8 +186,6 @@ def results_figure(results: dict) -> Figure:
             ax.set_xscale("log", base=2)
             ax.set_xticks(distances, [str(d) for d in distances])
             ax.minorticks_off()
-    fig.suptitle(f"Revena: which memory helps?  ({_subtitle(results)})", fontsize=11)
-    return fig
 
 
 def results_plotly(results: dict):
