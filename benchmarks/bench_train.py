@@ -6,7 +6,7 @@ if no data is prepared), after warm-up, for the baseline, the baseline with the 
 fused head (``baseline_unfused``: full logits and log_softmax per chunk, kept for the backward), the LTM arm, the
 LTM arm with the memory code it had before memory_read.py (``with_ltm_unfused``: the relaxed read as the plain
 formula with autograd's backward, F.normalize, a scatter write) and a plain GPT of the same size in one run, their
-steps interleaved, then the same models' evaluation forward (no grad: what evaluate.py calls, surprisal without logits),
+steps interleaved, then the same models' evaluation forward (no grad: what evaluation calls, surprisal without logits),
 then the peak of a large square matmul.
 The plain GPT is
 written here as a typical small-GPT trainer runs on a CPU: full causal attention over the sequence, full
@@ -166,7 +166,7 @@ def make_stepper(preset, arm: str, split, device, dtype, overrides: dict | None 
         variant = ((unfused_memory if arm_cfg.use_ltm else unfused_head) if arm.endswith("_unfused")
                    else contextlib.nullcontext)
         loss_of = lambda x, y: model(x, y).loss
-        # surprisal without logits, as evaluate.py's document_nll calls it; "_unfused" keeps the logits it always built
+        # surprisal without logits, as evaluation's document_nll calls it; "_unfused" keeps the logits it always built
         eval_of = ((lambda x, y: model(x)) if arm.endswith("_unfused") else (lambda x, y: model(x, logits=False)))
         optimizer = make_optimizer(model, cfg, device)
 
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
                         help="timed steps per arm, interleaved between the arms; the median is reported (default 7)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="autocast dtype (default: what device.py picks for training)")
+                        help="autocast dtype (default: what training/device.py picks for training)")
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
     parser.add_argument("--vocab-size", type=int, default=None,
@@ -283,7 +283,7 @@ def main(argv=None) -> None:
               f"{r['flops_per_token'] / 1e9:>10.4f} {r['model_flops_per_sec'] / 1e9:>9.1f} "
               f"{r['model_flops_per_sec'] / peak:>7.1%} {r['eval_tok_per_sec']:>11,.0f}")
     print("eval tok/s: forward only, no grad, eval mode, the same batches (ours: surprisal without logits, as "
-          "evaluate.py calls it, the _unfused arms with logits; plain GPT: logits and cross-entropy)")
+          "evaluation calls it, the _unfused arms with logits; plain GPT: logits and cross-entropy)")
     fused = results["baseline"]["tok_per_sec"] / results["baseline_unfused"]["tok_per_sec"]
     print(f"throughput ratio baseline (fused head) / baseline_unfused: {fused:.2f} training, "
           f"{results['baseline']['eval_tok_per_sec'] / results['baseline_unfused']['eval_tok_per_sec']:.2f} eval")

@@ -136,7 +136,7 @@ class TrainConfig:
     eval_interval: int = 500        # steps between validation loss / BPC
     eval_batches: int = 8
     seed: int = 1337
-    # Copying curriculum (revena_lib/data/recall_mix.py): this share of every batch's rows carries planted facts that are
+    # Copying curriculum (data/recall_mix.py): this share of every batch's rows carries planted facts that are
     # asked again later in the row, so the models can learn to copy from context (the recall test's positive control).
     recall_mix: float = 0.0
     recall_facts_per_row: int = 4
@@ -198,7 +198,7 @@ def _cpu() -> Preset:
         model=ModelConfig(n_layer=4, n_head=4, n_embd=128),
         # 1,024-token rows: longer than the receptive field of the stacked windows (4 x 127 = 508), so some planted
         # facts are asked beyond it during training. Half the rows carry planted facts, a fifth repeated random-token
-        # spans (the copying curriculum, recall_mix.py). 900 steps x 2 x 1,024 = 1.8 M tokens per run, ~8 min as
+        # spans (the copying curriculum, data/recall_mix.py). 900 steps x 2 x 1,024 = 1.8 M tokens per run, ~8 min as
         # one of two parallel one-thread processes.
         train=TrainConfig(seq_len=1024, batch_size=2, steps=900, warmup_steps=50, lr=3e-3,
                           log_interval=10, eval_interval=150, eval_batches=8,

@@ -1,7 +1,8 @@
-"""``python -m revena_lib.evaluate``: evaluate every trained arm into results/results.json (the code: ``revena_lib/evaluation/results.py``).
+"""``python -m revena_lib.evaluate``: evaluate every trained arm into results/results.json.
 
-An entry point only: the five commands users type keep their names at the top of the package, and each one
-imports ``main`` from the stage that does the work (docs/architecture.md).
+An entry point only, so that the command keeps its name: the code is ``revena_lib/evaluation/results.py``. Each of
+the five commands at the top of the package imports ``main`` from the stage that does the work
+(docs/architecture.md).
 """
 
 from revena_lib.evaluation.results import main

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 from revena_lib.config import get_preset
-from revena_lib.evaluation.recall import (PASSKEY_QUESTION, RecallError, RecallItem, in_memory_recall, make_recall_items,
-                               score_recall_items,
-                               summarize_recall)
+from revena_lib.evaluation.recall import (PASSKEY_QUESTION, RecallError, RecallItem, in_memory_recall,
+                                          make_recall_items, score_recall_items, summarize_recall)
 from revena_lib.data.tokenizer import EOT_ID, get_tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Sessions (revena_lib/evaluation/session.py) and the models' state protocol: pieces equal the whole for every arm, reset
+"""Sessions (evaluation/session.py) and the models' state protocol: pieces equal the whole for every arm, reset
 clears everything, sessions never share state, generation is incremental, and a trained run loads in one line."""
 
 import dataclasses
@@ -133,7 +133,8 @@ def test_a_trained_run_loads_in_one_line(smoke_home, tmp_path, monkeypatch):
 
 def test_multiturn_items_cut_a_recall_item_into_calls_and_carried_equals_one_call(smoke_data, enc):
     from revena_lib.data.splits import load_split
-    from revena_lib.evaluation.multiturn import MultiTurnError, make_multiturn_items, score_item, score_multiturn, summarise
+    from revena_lib.evaluation.multiturn import (MultiTurnError, make_multiturn_items, score_item, score_multiturn,
+                                                 summarise)
     from revena_lib.evaluation.recall import make_recall_items
     from revena_lib.evaluation.session import LoadedRun
 

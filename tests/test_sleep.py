@@ -1,4 +1,4 @@
-"""Sleep (revena_lib/sleep/consolidation.py, revena_lib/sleep/experiment.py): the source run is never touched, replay (b) is exactly what the
+"""Sleep (sleep/consolidation.py, sleep/experiment.py): the source run is never touched, replay (b) is exactly what the
 LTM stored, a fact of the day is not known closed-book before sleep and can be after it, and the whole procedure
 is deterministic under a seed."""
 
@@ -13,8 +13,8 @@ import torch
 
 from smoke_runs import trained_smoke_home
 from revena_lib.evaluation.session import load_run
-from revena_lib.sleep.consolidation import (DayConfig, SleepConfig, SleepError, closed_book_items, day_from_texts, make_days,
-                              recall_scores, replay_ltm, replay_text, sleep, wake)
+from revena_lib.sleep.consolidation import (DayConfig, SleepConfig, SleepError, closed_book_items, day_from_texts,
+                                            make_days, recall_scores, replay_ltm, replay_text, sleep, wake)
 from revena_lib.sleep.experiment import configured, fact_table, pick_arm, run_experiment
 
 

@@ -1,4 +1,4 @@
-"""Intervals and verdicts (revena_lib/evaluation/stats.py) on constructed data: seeds widen intervals, pairing narrows them."""
+"""Intervals and verdicts (evaluation/stats.py) on constructed data: seeds widen intervals, pairing narrows them."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""A small chat-like widget over a session (``revena_lib/evaluation/session.py``): type text, feed it or generate from it,
+"""A small chat-like widget over a session (``evaluation/session.py``): type text, feed it or generate from it,
 watch the state summary and the LTM's entries change, reset.
 
 The conversation log shows every token the session read, shaded by its surprisal (hover for the bits); generated

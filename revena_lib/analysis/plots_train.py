@@ -10,8 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from revena_lib.training.checkpoint import read_config
 from revena_lib.arms import arm_style
+from revena_lib.training.checkpoint import read_config
 from revena_lib.training.runs import read_metrics
 
 

@@ -21,8 +21,8 @@ import html
 import numpy as np
 import torch
 
-from revena_lib.models.ltm import memory_rates
 from revena_lib.evaluation.recall import model_device
+from revena_lib.models.ltm import memory_rates
 
 TOP_K = 5
 MAX_BITS = 12.0          # surprisal at which the colour is fully red

@@ -7,7 +7,7 @@ fact's cue, then its answer) is written again ``distance`` tokens later, at dist
 window up to the end of the row (with 1,024-token rows and a receptive field of 508 tokens at ``cpu``, some are
 asked beyond it). The language-model loss on the answer tokens can only be lowered by copying.
 
-Evaluation's items (``recall.py``: "The pass key is 48213. Remember it." / "The pass key is") are never used
+Evaluation's items (``evaluation/recall.py``: "The pass key is 48213. Remember it." / "The pass key is") are never used
 here: training facts have other phrasings, other entities and 3-4 digit numbers, so a model that recalls
 evaluation's pass keys has learned to copy, not memorised a template. Every arm sees the same rows: the planting
 is a pure function of (seed, step, row).

@@ -1,6 +1,6 @@
 """What the LTM's FIFO held, from the trace alone: entry lifetimes and whether a given entry was in memory at a read.
 
-The memory (``models/transformer.py``, ``LongTermMemory``) appends the routed tokens of a chunk in position order
+The memory (``models/ltm.py``, ``LongTermMemory``) appends the routed tokens of a chunk in position order
 after the chunk's reads, and evicts the oldest entry once it holds ``capacity``. So the k-th written token (0-based)
 is pushed out by the (k + capacity)-th write, and everything follows from ``trace.routed`` (B, T), the chunk size
 and the capacity, with no extra bookkeeping in the model's hot path. Tests check these functions against the real

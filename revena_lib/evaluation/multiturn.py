@@ -1,6 +1,6 @@
 """Multi-turn recall: a fact in one call, filler text in the calls after it, the question in the last call.
 
-Each item is a recall item (``revena_lib/evaluation/recall.py``) cut into turns: turn 1 is the document start and the fact,
+Each item is a recall item (``recall.py``) cut into turns: turn 1 is the document start and the fact,
 turns 2 .. n-1 carry ``filler_tokens_per_turn`` tokens of real text each, turn n is the question and its answer.
 Every arm is scored twice through its session: with its state carried from call to call, and with ``reset()``
 between calls (the control: what is left when no state survives a call). Because a session's calls are exact

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from revena_lib.evaluation.memory_stats import in_memory
 from revena_lib.data.tokenizer import get_tokenizer
+from revena_lib.evaluation.memory_stats import in_memory
 
 PASSKEY_QUESTION = " The pass key is"
 PASSKEY_TAIL = ". Remember it."
@@ -249,7 +249,7 @@ def score_recall_items(model, items: list[RecallItem], device=None, batch_size: 
     (the position predicting answer token j >= 1, which holds answer token j-1, hits the fact's token j-1: the earlier
     copy of its own token, whose value is not the next token), ``answer_written`` (every answer token of the fact was written to the LTM) and
     ``answer_in_memory`` (each was still held, written and not yet evicted, when the position predicting the
-    corresponding answer token read the memory; ``revena_lib.evaluation.memory_stats.in_memory``), ``answer_any_in_memory``
+    corresponding answer token read the memory; ``memory_stats.in_memory``), ``answer_any_in_memory``
     (at least one was) and ``answer_tokens_in_memory`` (the share that was: with a small vocabulary a number is
     several tokens, and the digits after the first are often below the write threshold).
 

@@ -5,7 +5,7 @@ Top level keeps the brief's ``{"baseline": {...}, "with_ltm": {...}}`` (each wit
 table, ``revena_lib/arms.py``) and per evaluation-time ablation (``with_ltm_reads_off``: the trained
 with_ltm weights scored with memory reads off), plus ``comparisons``: every arm against ``baseline``, each
 metric with its difference, a 95% interval and a verdict (better / worse / no detectable difference).
-Intervals include training noise: they resample seeds, then documents or recall items (``revena_lib/evaluation/stats.py``).
+Intervals include training noise: they resample seeds, then documents or recall items (``stats.py``).
 Per-seed numbers, BPC by position in the document, recall by distance, throughput (median over >= 20
 timed batches) and what was evaluated where (corpus, preset, device, dtype, seeds) are kept per arm.
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib.training.checkpoint import CHECKPOINT_FILE, load_model
 from revena_lib.data.tokenizer import run_tokenizer
+from revena_lib.training.checkpoint import CHECKPOINT_FILE, load_model
 
 LN2 = float(np.log(2.0))
 

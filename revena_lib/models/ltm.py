@@ -80,7 +80,7 @@ def write_mask(surprisal: torch.Tensor, positions: torch.Tensor, cfg: ModelConfi
     ``surprisal`` (the brief): tokens strictly above ``ltm_write_threshold_bits``. ``random`` (the ablation arm):
     per row, exactly as many tokens as the surprisal rule would write in this chunk, chosen uniformly among the
     chunk's positions (from torch's global generator), so only *which* tokens are written differs. ``topk``
-    (an evaluation-time alternative, revena_lib/evaluation/ltm_analysis.py): per row, the ``ltm_write_topk`` most surprising
+    (an evaluation-time alternative, evaluation/ltm_analysis.py): per row, the ``ltm_write_topk`` most surprising
     tokens of the chunk, whatever their surprisal.
     Position 0 (the sequence's first token, with no prediction) is never written.
     """

@@ -34,18 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib.training import checkpoint as ckpt
-from revena_lib.training.device import DTYPES, autocast
-from revena_lib.paths import file_sha256
 from revena_lib.evaluation.recall import RecallItem, score_recall_items
 from revena_lib.evaluation.session import LoadedRun
+from revena_lib.paths import file_sha256
+from revena_lib.training import checkpoint as ckpt
+from revena_lib.training.device import DTYPES, autocast
 
 STRATEGIES = ("none", "text", "ltm", "text+dreams", "ltm+dreams")
 DREAM_SOURCES = ("generated", "train")
 # Awake questions: 16 tokens after the fact (inside every preset's 128-token window), and window + 32 after it.
 AWAKE_IN_WINDOW_GAP = 16
 AWAKE_PAST_WINDOW_MARGIN = 32
-# Phrasings and entities of the day's facts: disjoint from the training mix's (recall_mix.py) and evaluation's
+# Phrasings and entities of the day's facts: disjoint from the training mix's (data/recall_mix.py) and evaluation's
 # ("The pass key is"), so what is recalled after sleep was learnt from the day.
 FACT_TEMPLATES = (("The access code of the {} account is", 5), ("The safe in the {} office opens with", 4),
                   ("The ferry for {} leaves from pier", 2), ("The {} archive is stored in vault", 3))

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from revena_lib.training import checkpoint as ckpt
 from revena_lib.evaluation.bpc import document_nll
-from revena_lib.paths import artefact_root, file_sha256, results_dir
 from revena_lib.evaluation.session import LoadedRun, load_run
-from revena_lib.sleep.consolidation import (STRATEGIES, DayConfig, SleepConfig, SleepError, Wake, closed_book_items,
-                              make_days, recall_scores, sleep, wake)
 from revena_lib.evaluation.stats import compare, hierarchical_ci, point
+from revena_lib.paths import artefact_root, file_sha256, results_dir
+from revena_lib.sleep.consolidation import (STRATEGIES, DayConfig, SleepConfig, SleepError, Wake, closed_book_items,
+                                            make_days, recall_scores, sleep, wake)
+from revena_lib.training import checkpoint as ckpt
 
 
 @dataclass

@@ -72,6 +72,6 @@ def validation_batches(val_split, cfg: TrainConfig) -> list[tuple[torch.Tensor, 
 
 def characters_per_token(split) -> float:
     """Characters per predicted token of a split. Targets never include a document's opening EOT, so the
-    denominator is the non-EOT tokens. An estimate for the training-time val BPC only: evaluate.py computes
+    denominator is the non-EOT tokens. An estimate for the training-time val BPC only: evaluation/bpc.py computes
     the exact per-document BPC."""
     return split.characters / max(1, len(split.tokens) - split.num_docs)

@@ -17,8 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from revena_lib.training.checkpoint import CheckpointError, load_model, read_config, write_json, write_text
 from revena_lib.config import ModelConfig
+from revena_lib.training.checkpoint import CheckpointError, load_model, read_config, write_json, write_text
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
