@@ -141,6 +141,8 @@ class TrainConfig:
     recall_mix: float = 0.0
     recall_facts_per_row: int = 4
     recall_induction: float = 0.0   # and this share carries repeated spans of random tokens (an induction warm-up)
+    recall_repeats: float = 0.0     # and this share repeats passages of its own natural text later in the row
+    recipe: str = ""                # the copying recipe this run was trained under (training/recipes.py), if named
 
 
 @dataclass
@@ -157,6 +159,8 @@ class EvalConfig:
     bootstrap_samples: int = 2000
     throughput_tokens: int = 32_768  # tokens timed for tokens_per_sec, after warm-up ...
     throughput_batches: int = 20     # ... and never fewer timed batches than this (the same for every arm)
+    positive_control_exact: float = 0.9  # in-window pass-key exact match every seed of both arms must reach before a
+                                         # recall comparison gets a verdict (else "cannot tell"; evaluation/copying.py)
 
 
 @dataclass

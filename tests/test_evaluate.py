@@ -96,9 +96,15 @@ def test_results_json_has_the_briefs_schema(trained_home, results):
     assert set(comparisons) == {"with_ltm", "ltm_random_write", "with_ltm_reads_off", "with_ltm_vs_with_ltm_reads_off"}
     vs = comparisons["with_ltm"]
     assert vs["bpc"]["diff"] == pytest.approx(on_disk["with_ltm"]["bpc"] - on_disk["baseline"]["bpc"])
-    for key in ("bpc", "bits_per_byte", "long_range_recall", "long_range_recall_logprob_bits", "recall_beyond_field",
-                "recall_beyond_field_logprob_bits"):
+    for key in ("bpc", "bits_per_byte"):
         assert vs[key]["verdict"] in ("better", "worse", "no detectable difference")
+    # 3-step smoke models do not copy inside their window: no recall verdict, and the reason is given
+    assert on_disk["baseline"]["positive_control"]["passed"] is False
+    for key in ("long_range_recall", "long_range_recall_logprob_bits", "recall_beyond_field",
+                "recall_beyond_field_logprob_bits"):
+        assert vs[key]["verdict"] == "cannot tell" and "positive control failed" in vs[key]["why"]
+        assert vs[key]["verdict_if_copying"] in ("better", "worse", "no detectable difference")
+    assert "no positive control" in vs["summary"]
     # smoke: 2 layers x 127 = 254 reach, so distance 256 (4 items) is beyond the receptive field
     assert on_disk["with_ltm"]["recall_beyond_field_items"] == 4
     assert on_disk["with_ltm"]["recall_beyond_field_logprob_bits"] == pytest.approx(
@@ -201,3 +207,33 @@ def test_arms_trained_in_another_dtype_are_refused(trained_home, tmp_path, monke
     monkeypatch.setenv("REVENA_HOME", str(home))
     with pytest.raises(EvalError, match=r"dtype: .*differ only in their row"):
         evaluate(None, device="cpu", progress=False)
+
+
+def test_recall_verdicts_need_both_arms_to_copy_in_window(trained_home, results):
+    """The gate can open: with the bar at 0 every arm 'copies', and the recall verdicts are the comparison's own; with
+    the bar above the baseline's in-window exact match and below the arm's, the comparison says 'cannot tell'."""
+    import dataclasses
+
+    from revena_lib.config import get_preset
+
+    preset = get_preset("smoke")
+    preset.eval = dataclasses.replace(preset.eval, positive_control_exact=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REVENA_HOME", str(trained_home))
+        open_gate = evaluate(preset, arms="baseline,with_ltm", device="cpu", progress=False)
+    vs = open_gate["comparisons"]["with_ltm"]
+    assert open_gate["baseline"]["positive_control"]["passed"] is True
+    assert vs["long_range_recall"]["verdict"] in ("better", "worse", "no detectable difference")
+    assert "why" not in vs["long_range_recall"] and "no positive control" not in vs["summary"]
+    pc = results["with_ltm"]["positive_control"]
+    assert set(pc["by_seed"]["1337"]) == {"32"}            # smoke: 32 is the only distance inside the window
+    assert pc["threshold"] == 0.9 and pc["worst_seed_distance_exact"] == pc["by_seed"]["1337"]["32"]
+
+
+def test_positive_control_passes_only_when_every_seed_and_distance_copies():
+    from revena_lib.evaluation.copying import positive_control
+
+    assert positive_control({1: {32: 1.0, 96: 0.95}, 2: {32: 0.9, 96: 1.0}})["passed"] is True
+    failed = positive_control({1: {32: 1.0, 96: 0.95}, 2: {32: 1.0, 96: 0.85}})
+    assert failed["passed"] is False and failed["worst_seed_distance_exact"] == 0.85
+    assert positive_control({})["passed"] is False

@@ -23,7 +23,8 @@ BARS = (("bpc", "BPC (lower is better)"), ("long_range_recall", "long-range reca
         ("tokens_per_sec", "tokens / sec"))
 FOREST = (("bpc", "BPC difference vs baseline (< 0 is better)"),
           ("long_range_recall", "recall difference vs baseline (> 0 is better)"))
-VERDICT_MARK = {"better": "better", "worse": "worse", "no detectable difference": "n.s."}
+VERDICT_MARK = {"better": "better", "worse": "worse", "no detectable difference": "n.s.",
+                "cannot tell": "cannot tell"}
 
 
 def _arms(results: dict) -> list[str]:

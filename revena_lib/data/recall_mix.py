@@ -34,6 +34,7 @@ NAMES = ("Harbor", "Mr. Alden", "the Treasury", "Lincoln Street", "Ms. Carver", 
          "Maple Avenue", "the fleet", "Dr. Olsen", "the archive", "Judge Perry", "the mill", "Captain Reyes")
 DIGITS = (3, 4)          # answer lengths in digits (evaluation uses 5)
 MIN_DISTANCE = 8         # tokens between the end of the fact and its question
+PASSAGE_TOKENS = (8, 48) # length of a repeated passage of the row's own text (recall_repeats)
 
 
 def _fact_tokens(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:
@@ -53,18 +54,33 @@ def _random_span(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[i
     return span[:1], span[1:]
 
 
+def _passage(rng: np.random.Generator, row: np.ndarray) -> tuple[list[int], list[int]]:
+    """(first token, rest) of a passage of 8-48 tokens of the row's own natural text (its original tokens): copying
+    it again later gives copy targets whose embeddings training has shaped, unlike uniformly random tokens."""
+    n = int(rng.integers(PASSAGE_TOKENS[0], PASSAGE_TOKENS[1] + 1))
+    start = int(rng.integers(1, len(row) - n))
+    span = row[start:start + n].tolist()
+    return span[:1], span[1:]
+
+
 def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
-              random_spans: bool = False) -> np.ndarray:
+              random_spans: bool = False, passages: bool = False) -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
-    Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits, then a start where
-    neither of its two spans overlaps an earlier pair's (pairs may interleave); position 0 is left alone."""
+    A pair is a training fact, or (``random_spans``) a span of random tokens, or (``passages``) a passage of the row's
+    own text, written twice. Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits,
+    then a start where neither of its two spans overlaps an earlier pair's (pairs may interleave); position 0 is left
+    alone."""
+    original = row
     row = row.copy()
     T = len(row)
     taken = np.zeros(T, dtype=bool)
     taken[0] = True
     for _ in range(n_facts):
-        cue, answer = _random_span(rng, tokenizer) if random_spans else _fact_tokens(rng, tokenizer)
+        if passages:
+            cue, answer = _passage(rng, original)
+        else:
+            cue, answer = _random_span(rng, tokenizer) if random_spans else _fact_tokens(rng, tokenizer)
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
         n = len(piece)
         longest = T - 1 - 2 * n
@@ -84,10 +100,11 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
 
 
 def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
-                induction_share: float = 0.0) -> np.ndarray:
-    """Plant facts in a ``share`` of the batch's rows (B, T+1), and repeated random-token spans in another
-    ``induction_share``; deterministic per (seed, step, row)."""
-    if share <= 0 and induction_share <= 0:
+                induction_share: float = 0.0, repeats_share: float = 0.0) -> np.ndarray:
+    """Plant facts in a ``share`` of the batch's rows (B, T+1), repeated random-token spans in another
+    ``induction_share``, and repeated passages of the row's own text in another ``repeats_share``; deterministic per
+    (seed, step, row). A zero share draws nothing, so adding one leaves the other rows as they were."""
+    if share <= 0 and induction_share <= 0 and repeats_share <= 0:
         return rows
     out = rows.copy()
     for b in range(rows.shape[0]):
@@ -97,4 +114,6 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer)
         elif draw < share + induction_share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True)
+        elif draw < share + induction_share + repeats_share:
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True)
     return out

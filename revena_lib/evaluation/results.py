@@ -35,6 +35,7 @@ from revena_lib.data.tokenizer import TokenizerError, check_same_tokenizer, toke
 from revena_lib.evaluation import EvalError, stats
 from revena_lib.evaluation.arm_runs import check_arms_match, find_arm_runs
 from revena_lib.evaluation.bpc import POSITION_BUCKETS, bucket_name, evaluation_documents, unigram_document_bits
+from revena_lib.evaluation.copying import positive_control
 from revena_lib.evaluation.ltm_analysis import cosine_summary
 from revena_lib.evaluation.memory_stats import lifetime_summary
 from revena_lib.evaluation.recall import in_memory_recall, make_recall_items, summarize_recall
@@ -72,6 +73,15 @@ def _memory_measures(scored: ScoredArm, window: int, ecfg) -> dict:
         "per_seed": {str(s): r["score_nats"] for s, r in zip(scored.seeds, scored.induction)},
         "note": "loss on the first copy of a repeated random-token span minus that on the second, nats/token "
                 "(0 = no copying; uniform_nats = perfect copying); 95% interval resamples seeds, then sequences"}}
+    heads = [h for h in scored.induction_heads if h is not None]
+    if heads:   # where copying lives: the LTM is read in one layer, so it can only extend copying that happens there
+        out["induction_heads"] = {
+            "mean": np.mean(heads, axis=0).round(4).tolist(),
+            "per_seed": {str(s): h.round(4).tolist() for s, h in zip(scored.seeds, scored.induction_heads)
+                         if h is not None},
+            "note": "(n_layer, n_head) mean attention from a token in the second copy of a repeated 24-token random "
+                    "span to the token after its earlier occurrence (Olsson et al. 2022): 1 = a perfect induction "
+                    "head; uniform attention gives about 1/40"}
     if scored.lifetimes:
         out["ltm_entry_lifetime"] = {**lifetime_summary(scored.lifetimes, int(sum(scored.censored))),
                                      "per_seed_median": {str(s): float(np.median(x)) if len(x) else float("nan")
@@ -123,12 +133,23 @@ def _arm_results(arm, scored: ScoredArm, docs, items, window, throughput, ecfg) 
         "routed_token_ratio": rate("routed_token_ratio"),
         "avg_surprisal_routed": rate("avg_surprisal_routed"),
         "recall_by_distance": summary["recall_by_distance"],
+        "positive_control": _positive_control(scored, items, window, ecfg),
         **_memory_measures(scored, window, ecfg),
         "ci95": _intervals(scored, chars, n_bytes, recall, throughput, ecfg),
         "per_seed": _per_seed(scored, chars, recall, rates),
         "num_parameters": scored.num_parameters,
         "run": _trained_run(scored, window),
     }
+
+
+def _positive_control(scored: ScoredArm, items, window: int, ecfg) -> dict:
+    """Does the arm copy inside its window? In-window pass-key exact match per seed and distance (copying.py)."""
+    by_seed = {}
+    for seed, rows in zip(scored.seeds, scored.recall):
+        inside = [(it.distance, r["exact_match"]) for it, r in zip(items, rows)
+                  if it.kind == "passkey" and it.distance < window]
+        by_seed[seed] = {d: float(np.mean([x for dd, x in inside if dd == d])) for d in sorted({d for d, _ in inside})}
+    return positive_control(by_seed, ecfg.positive_control_exact)
 
 
 def _seed_mean_scores(scored: ScoredArm) -> list[dict]:
@@ -225,11 +246,33 @@ def _comparison(reference: ScoredArm, scored: ScoredArm, docs, items, window, ec
     for key, lower_is_better in COMPARED.items():
         a, b, den = values[key]
         out[key] = stats.compare(a, b, den, lower_is_better, paired, ecfg.bootstrap_samples, ecfg.recall_seed)
+    _gate_recall_verdicts(out, reference, scored, items, window, ecfg, against)
     out["summary"] = (f"BPC: {out['bpc']['verdict']} ({out['bpc']['diff']:+.4f}, 95% CI "
                       f"[{out['bpc']['ci95'][0]:+.4f}, {out['bpc']['ci95'][1]:+.4f}]); long-range recall: "
                       f"{out['long_range_recall']['verdict']} ({out['long_range_recall']['diff']:+.3f}, 95% CI "
-                      f"[{out['long_range_recall']['ci95'][0]:+.3f}, {out['long_range_recall']['ci95'][1]:+.3f}])")
+                      f"[{out['long_range_recall']['ci95'][0]:+.3f}, {out['long_range_recall']['ci95'][1]:+.3f}])"
+                      + ("; recall cannot be judged: no positive control (an arm does not copy inside its window)"
+                         if out["long_range_recall"]["verdict"] == stats.CANNOT_TELL else ""))
     return out
+
+
+RECALL_KEYS = ("long_range_recall", "long_range_recall_logprob_bits", "recall_beyond_field",
+               "recall_beyond_field_logprob_bits")
+
+
+def _gate_recall_verdicts(out: dict, reference: ScoredArm, scored: ScoredArm, items, window, ecfg, against) -> None:
+    """A recall comparison gets a verdict only if both arms copy inside their window (every seed's in-window pass-key
+    exact match >= positive_control_exact); otherwise "cannot tell", with why. BPC needs no copying: its verdict stays."""
+    failing = [name for name, arm in ((against, reference), ("the arm", scored))
+               if not _positive_control(arm, items, window, ecfg)["passed"]]
+    if not failing:
+        return
+    why = (f"positive control failed: {' and '.join(failing)} do{'es' if len(failing) == 1 else ''} not copy a pass "
+           f"key inside the {window}-token window (in-window exact < {ecfg.positive_control_exact} for some seed), "
+           "so a recall difference beyond the window says nothing about memory")
+    for key in RECALL_KEYS:
+        out[key]["verdict_if_copying"] = out[key]["verdict"]
+        out[key]["verdict"], out[key]["why"] = stats.CANNOT_TELL, why
 
 
 def evaluate(preset="smoke", arms=None, data_dir=None, trained_root=None, results_dir=None, device=None,

@@ -18,6 +18,7 @@ import torch
 
 from revena_lib.config import EvalConfig
 from revena_lib.evaluation.bpc import document_nll
+from revena_lib.evaluation.copying import induction_attention
 from revena_lib.evaluation.induction import induction_score
 from revena_lib.evaluation.ltm_analysis import answer_key_cosines
 from revena_lib.evaluation.recall import score_recall_items
@@ -74,13 +75,14 @@ class ScoredArm:
     censored: list = field(default_factory=list)     # per seed: entries still held at documents' ends
     cosines: list = field(default_factory=list)      # per seed: ltm_analysis.answer_key_cosines (LTM read on)
     induction: list = field(default_factory=list)    # per seed: induction.induction_score
+    induction_heads: list = field(default_factory=list)   # per seed: (n_layer, n_head) induction attention, or None
 
 
 def score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> tuple[ScoredArm, torch.nn.Module]:
     """Load and score every seed of one arm; returns the measurements and the first seed's model (for timing).
     ``switches``: forward() switches for every call (an evaluation-time ablation, e.g. memory_read=False)."""
     seeds, nll, buckets, recall, counts, configs, first = [], [], [], [], [], [], None
-    lifetimes, censored, cosines, induction = [], [], [], []
+    lifetimes, censored, cosines, induction, heads = [], [], [], [], []
     for run_dir in run_dirs:
         torch.manual_seed(ecfg.recall_seed)   # the random-write arm draws its writes: the same draws every evaluation
         model, config = load_model(run_dir, device=device)
@@ -97,6 +99,7 @@ def score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> t
                 cosines.append(answer_key_cosines(model, items, seed=ecfg.recall_seed, batch_size=ecfg.batch_size,
                                                   eot=eot))
             induction.append(induction_score(model, eot=eot, seed=ecfg.recall_seed, batch_size=ecfg.batch_size))
+            heads.append(induction_attention(getattr(model, "model", model), eot, seed=ecfg.recall_seed))
         if ltm:
             lifetimes.append(np.concatenate(measured["lifetimes"]) if measured["lifetimes"] else np.zeros(0))
             censored.append(measured["censored"])
@@ -108,7 +111,7 @@ def score_arm(arm, run_dirs, docs, items, device, ecfg, log, switches=None) -> t
         first = model if first is None else first
     memory = bool(getattr(first.cfg, "use_ltm", False)) and (not switches or switches.get("memory_read", True))
     return ScoredArm(seeds, np.stack(nll), np.stack(buckets), recall, counts, list(map(str, run_dirs)), configs,
-                   int(first.num_parameters()), memory, lifetimes, censored, cosines, induction), first
+                   int(first.num_parameters()), memory, lifetimes, censored, cosines, induction, heads), first
 
 
 def recall_matrix(scored: ScoredArm, key: str, mask: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
+CANNOT_TELL = "cannot tell"   # a recall comparison whose arms do not copy inside their window (the positive control)
 
 
 def _interval(values: np.ndarray) -> list[float]:

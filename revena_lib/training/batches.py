@@ -56,13 +56,13 @@ def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch
     """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows (the same
     rows for every arm: a pure function of (seed, step))."""
     x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
-    if cfg.recall_mix <= 0 and cfg.recall_induction <= 0:
+    if cfg.recall_mix <= 0 and cfg.recall_induction <= 0 and cfg.recall_repeats <= 0:
         return x, y
     from revena_lib.data.recall_mix import plant_facts
 
     rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
     rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer,
-                       cfg.recall_induction)
+                       cfg.recall_induction, cfg.recall_repeats)
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 

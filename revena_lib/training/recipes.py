@@ -1,0 +1,65 @@
+"""Training recipes for copying: named changes to a preset's training (and model) configuration.
+
+A recipe is how a model is taught to copy from context, the positive control every recall result needs
+(``evaluation/copying.py``). ``benchmarks/bench_copy.py`` trains the ``cpu`` baseline under each recipe and reports
+the minutes and tokens until it copies in-window; the table in the README comes from it. Each recipe is one row of
+``RECIPES``; what it changes is spelled out, so a recipe can be read without running it.
+
+    from revena_lib.training.recipes import apply_recipe
+    preset = apply_recipe("cpu", "landed")     # a Preset; train(preset, ...) trains under it
+
+Measured so far (``shared/trials`` and the README's "Models that copy" section): none of these reaches the bar at
+the budgets this machine allows; the rows stay so that a longer run, or a GPU, can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from revena_lib.config import Preset, get_preset
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    train: dict = field(default_factory=dict)    # TrainConfig fields it sets
+    model: dict = field(default_factory=dict)    # ModelConfig fields it sets (applied to every arm)
+
+
+# The first cpu recipe, written out so that it stays what it was when the preset moves on.
+_LANDED = {"seq_len": 1024, "batch_size": 2, "lr": 3e-3, "warmup_steps": 50, "recall_mix": 0.5,
+           "recall_facts_per_row": 8, "recall_induction": 0.2, "recall_repeats": 0.0}
+
+RECIPES: dict[str, Recipe] = {
+    "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
+                     "again, a fifth with repeated random-token spans", dict(_LANDED)),
+    "sparse_facts": Recipe("as landed, 2 facts per row instead of 8: fewer look-alike facts in one row, so copying "
+                           "the token after the cue's last token is less ambiguous",
+                           {**_LANDED, "recall_facts_per_row": 2}),
+    "repeats": Recipe("as landed, plus a fifth of the rows with passages of their own natural text repeated later "
+                      "in the row (8-48 tokens, 8-120 tokens apart): copy targets in real text, with trained "
+                      "embeddings, instead of random tokens", {**_LANDED, "recall_repeats": 0.2}),
+    "short_rows": Recipe("as landed, in 8 x 256-token rows: the same tokens per step from 4x as many places",
+                         {**_LANDED, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 2}),
+}
+
+
+class RecipeError(ValueError):
+    pass
+
+
+def check_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (revena_lib/training/recipes.py)")
+    return RECIPES[name]
+
+
+def apply_recipe(preset: str | Preset, name: str) -> Preset:
+    """A copy of ``preset`` with the recipe's training and model fields set."""
+    recipe = check_recipe(name)
+    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    preset.train = dataclasses.replace(preset.train, **recipe.train, recipe=name)
+    preset.model = dataclasses.replace(preset.model, **recipe.model)
+    return preset

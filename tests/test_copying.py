@@ -1,0 +1,138 @@
+"""The positive control (evaluation/copying.py), the copying recipes (training/recipes.py) and the repeated-passage
+rows of the training mix (data/recall_mix.py). CPU, seconds."""
+
+import numpy as np
+import pytest
+import torch
+
+from revena_lib.arms import arm_preset
+from revena_lib.evaluation.copying import (TRAIN_FORMAT, attention_patterns, copy_probe, induction_attention,
+                                           induction_from_patterns, train_format_items)
+from revena_lib.evaluation.induction import repeated_spans
+from revena_lib.models import build_model
+
+
+@pytest.mark.parametrize("arm", ["baseline", "with_ltm", "reservoir"])
+def test_attention_patterns_reproduce_the_models_own_attention(arm):
+    """pattern @ v must equal what each layer's attention hands its output projection (RoPE, mask and scale right)."""
+    torch.manual_seed(0)
+    cfg = arm_preset("smoke", arm).model
+    cfg.vocab_size = 300
+    model = build_model(cfg).eval()
+    with torch.no_grad():   # sharpen the attention so a wrong mask or rotation cannot hide in near-uniform weights
+        for block in model.blocks:
+            block.attn.c_attn.weight.mul_(8)
+    seqs = repeated_spans(300, 0, n_seqs=3, span_len=12, seed=1)                 # (3, 25)
+    qkv, heads_out = [], []
+    hooks = [h for b in model.blocks for h in (
+        b.attn.c_attn.register_forward_hook(lambda m, i, o: qkv.append(o.detach())),
+        b.attn.c_proj.register_forward_hook(lambda m, i, o: heads_out.append(i[0].detach())))]
+    with torch.no_grad():
+        model(seqs)
+    for h in hooks:
+        h.remove()
+    patterns = attention_patterns(model, seqs)
+    N, T = seqs.shape
+    H, D = cfg.n_head, cfg.n_embd // cfg.n_head
+    assert len(patterns) == cfg.n_layer and patterns[0].shape == (N, H, T, T)
+    for layer, pattern in enumerate(patterns):
+        v = qkv[layer][:, :T, 2 * cfg.n_embd:].reshape(N, T, H, D).transpose(1, 2)       # (N, H, T, D)
+        expected = (pattern @ v).transpose(1, 2).reshape(N, T, H * D)
+        assert torch.allclose(heads_out[layer][:, :T], expected, atol=1e-5), (arm, layer)
+        assert torch.allclose(pattern.sum(-1), torch.ones(N, H, T))
+        assert (pattern.triu(1) == 0).all()                                             # causal
+
+
+def test_induction_from_patterns_scores_the_token_after_the_earlier_occurrence():
+    L = 5
+    T = 1 + 2 * L
+    induction = torch.zeros(1, 2, T, T)
+    previous = torch.zeros(1, 2, T, T)
+    for t in range(T):
+        previous[0, :, t, max(t - 1, 0)] = 1.0
+        induction[0, :, t, t - L + 1 if t > L else max(t - 1, 0)] = 1.0
+    scores = induction_from_patterns([induction, previous], L)                         # (2 layers, 2 heads)
+    assert scores[0].tolist() == [1.0, 1.0] and scores[1].tolist() == [0.0, 0.0]
+
+
+def test_induction_attention_of_an_untrained_model_is_near_uniform_and_the_recursive_family_has_none():
+    torch.manual_seed(0)
+    model = build_model(arm_preset("smoke", "baseline").model).eval()
+    heads = induction_attention(model, eot=50256, span_len=24, n_seqs=4)
+    assert heads.shape == (2, 2) and (heads > 0).all() and (heads < 0.1).all()
+    with pytest.raises(ValueError, match="must fit twice in one chunk"):
+        induction_attention(model, eot=50256, span_len=40)
+    recursive = build_model(arm_preset("smoke", "recursive").model).eval()
+    assert induction_attention(recursive, eot=50256, n_seqs=2) is None
+
+
+def test_training_format_items_ask_the_training_mixs_own_facts(smoke_data):
+    from revena_lib.data.splits import load_split
+
+    val = load_split("val")
+    tok = val.tokenizer
+    items = train_format_items(val, (32, 96), 3, seed=5, tokenizer=tok)
+    assert [it.distance for it in items] == [32] * 3 + [96] * 3
+    assert items[0].tokens == train_format_items(val, (32,), 3, seed=5, tokenizer=tok)[0].tokens   # deterministic
+    for it in items:
+        start, n = it.fact_answer_span()
+        assert it.tokens[start:start + n] == it.answer_tokens                       # the same number, copied
+        text = tok.decode(it.tokens[it.fact_start:it.fact_end])
+        assert text.endswith(it.answer_text + ".")                                  # " The code of Harbor is 703."
+        assert it.answer_text.strip().isdigit() and len(it.answer_text.strip()) in (3, 4)
+        assert it.answer_start - len(it.tokens[it.fact_end:it.answer_start]) == it.fact_end
+        assert tok.eot_token not in it.tokens[1:]
+        assert it.kind == TRAIN_FORMAT
+
+
+def test_copy_probe_reports_every_measure(smoke_data):
+    from revena_lib.data.splits import load_split
+
+    torch.manual_seed(0)
+    preset = arm_preset("smoke", "baseline")
+    val = load_split("val")
+    preset.model.vocab_size = val.vocab_size
+    model = build_model(preset.model)
+    probe = copy_probe(model, val, distances=(32,), items_per_distance=2, induction_seqs=2)
+    assert model.training   # left as it was found
+    for kind in ("passkey", "no_fact", TRAIN_FORMAT):
+        assert probe[kind]["32"]["items"] == 2 and probe[kind]["32"]["exact"] == 0.0   # untrained: no copying
+        assert probe[kind]["32"]["log2p"] < 0
+    assert np.array(probe["induction_attention"]).shape == (2, 2)
+    assert abs(probe["induction"]["score_nats"]) < 1.0
+
+
+def test_recipes_set_their_fields_and_name_themselves():
+    from revena_lib.training.recipes import RECIPES, RecipeError, apply_recipe
+
+    preset = apply_recipe("cpu", "sparse_facts")
+    assert preset.train.recipe == "sparse_facts" and preset.train.recall_facts_per_row == 2
+    assert preset.train.seq_len == 1024 and preset.model.n_layer == 4          # the rest is the preset's
+    assert apply_recipe("cpu", "repeats").train.recall_repeats == 0.2
+    with pytest.raises(RecipeError, match="unknown recipe 'nope': choose one of " + ", ".join(RECIPES)):
+        apply_recipe("cpu", "nope")
+
+
+def test_repeated_passages_are_the_rows_own_text_written_twice(smoke_data):
+    from revena_lib.data.recall_mix import PASSAGE_TOKENS, plant_facts
+    from revena_lib.data.splits import load_split
+
+    split = load_split("train")
+    tok = split.tokenizer
+    rows = np.stack([np.asarray(split.tokens[s:s + 257]) for s in (100, 2000, 5000, 9000)]).astype(np.int64)
+    planted = plant_facts(rows, seed=3, step=7, share=0.0, facts_per_row=2, tokenizer=tok, repeats_share=1.0)
+    for row, new in zip(rows, planted):
+        changed = np.flatnonzero(row != new)
+        assert len(changed) > 0
+        # every changed token belongs to a passage of the original row that now appears a second time
+        original = row.tolist()
+        runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
+        for run in runs:
+            piece = new[run[0]:run[-1] + 1].tolist()
+            assert any(original[s:s + len(piece)] == piece for s in range(len(original) - len(piece) + 1))
+        assert len(changed) <= 2 * 2 * PASSAGE_TOKENS[1]
+    # a zero share changes nothing the other shares draw: the landed mix's rows stay what they were
+    landed = plant_facts(rows, seed=3, step=7, share=0.5, facts_per_row=2, tokenizer=tok, induction_share=0.2)
+    same = plant_facts(rows, seed=3, step=7, share=0.5, facts_per_row=2, tokenizer=tok, induction_share=0.2,
+                       repeats_share=0.0)
+    assert (landed == same).all()
