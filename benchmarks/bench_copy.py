@@ -59,14 +59,18 @@ def copies(row: dict) -> bool:
     return row["passkey_exact_32"] >= POSITIVE_CONTROL_EXACT and row["passkey_exact_96"] >= POSITIVE_CONTROL_EXACT
 
 
-def run_recipe(recipe: str, seed: int, steps: int, every: int, out: Path, val, items: int) -> list[dict]:
-    """Train (or continue) one recipe's run to ``steps``, probing every ``every`` steps; returns the probe rows."""
-    preset = apply_recipe("cpu", recipe)
+def run_recipe(recipe: str, seed: int, steps: int, every: int, out: Path, val, items: int,
+               preset_name: str = "cpu") -> list[dict]:
+    """Train (or continue) one recipe's run to ``steps``, probing every ``every`` steps, until it copies; returns the
+    probe rows (those of an earlier call included)."""
+    preset = apply_recipe(preset_name, recipe)
     tokens_per_step = preset.train.batch_size * preset.train.seq_len
     run = out / f"{recipe}-seed-{seed}"
     log = run / PROBE_LOG
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {r["step"] for r in rows}
+    if any(copies(r) for r in rows):
+        return rows
     for stop in range(every, steps + every, every):
         stop = min(stop, steps)
         if stop in done:
@@ -121,6 +125,7 @@ def main(argv=None) -> None:
                                      epilog="recipes: " + "; ".join(f"{k}: {v.description}" for k, v in RECIPES.items()))
     parser.add_argument("--recipes", default="landed", help="comma-separated recipe names (revena_lib/training/recipes.py)")
     parser.add_argument("--steps", type=int, default=900, help="training steps per run (the cosine schedule's length)")
+    parser.add_argument("--preset", default="cpu", help="the preset whose baseline is trained (smoke: for tests)")
     parser.add_argument("--every", type=int, default=150, help="steps between probes")
     parser.add_argument("--seeds", default="1337", help="comma-separated training seeds")
     parser.add_argument("--items", type=int, default=16, help="pass-key (and training-format) items per distance")
@@ -142,9 +147,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     val = load_split("val")
-    print(f"bench_copy: cpu baseline, recipes {', '.join(recipes)}, seeds {seeds}, {args.steps} steps, probes every "
+    print(f"bench_copy: {args.preset} baseline, recipes {', '.join(recipes)}, seeds {seeds}, {args.steps} steps, probes every "
           f"{args.every}; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}")
-    rows = {(r, s): run_recipe(r, s, args.steps, args.every, args.out, val, args.items) for r in recipes for s in seeds}
+    rows = {(r, s): run_recipe(r, s, args.steps, args.every, args.out, val, args.items, args.preset) for r in recipes for s in seeds}
     print("\n".join(summary(rows)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
