@@ -37,6 +37,11 @@ ARMS: dict[str, Arm] = {
                             "the rate the surprisal rule writes in that chunk",
                             {"use_ltm": True, "ltm_write_rule": "random"}, label="LTM, random writes",
                             colour="#ff7f0e"),
+    "ltm_long_lifetime": Arm("transformer", "the same memory writing the 16 most surprising tokens of each 64-token "
+                             "chunk: an entry lives 1,024 tokens before FIFO eviction (the brief's rule: ~390 at cpu), "
+                             "past the farthest recall distance", {"use_ltm": True, "ltm_write_rule": "topk",
+                                                                   "ltm_write_topk": 16},
+                             label="LTM, top-16 writes", colour="#d62728"),
     "full_attention": Arm("transformer", "ceiling: no memory, the window widened to the training length",
                           {"window": "seq_len"}, label="full attention", colour="#2ca02c"),
     "reservoir": Arm("reservoir", "Reservoir-Augmented Transformer: every FFN replaced by a fixed echo-state "

@@ -68,3 +68,13 @@ def test_parallel_training_processes_give_the_same_runs(smoke_home, tmp_path, mo
     (tmp_path / "data" / "meta.json").write_text("{}")                    # every job now fails
     with pytest.raises(TrainError, match=r"failed \(exit 1\).*train.log"):
         train_arms("smoke", "baseline", seeds="3", steps=2, progress=False, parallel=2)
+
+
+def test_the_long_lifetime_ltm_keeps_an_entry_past_the_farthest_cpu_distance():
+    """Its top-k rule writes k tokens per chunk, so an entry is evicted capacity / k chunks after its write."""
+    from revena_lib.config import get_preset
+
+    model = arm_preset("cpu", "ltm_long_lifetime").model
+    lifetime = model.ltm_capacity // model.ltm_write_topk * model.chunk_size
+    assert model.use_ltm and model.ltm_write_rule == "topk" and lifetime == 1024
+    assert lifetime > max(get_preset("cpu").eval.recall_distances)
