@@ -169,3 +169,29 @@ def positive_control(passkey_exact_by_seed: dict, threshold: float = POSITIVE_CO
             "by_seed": {str(s): {str(d): float(v) for d, v in per.items()} for s, per in passkey_exact_by_seed.items()},
             "note": "in-window pass-key exact match per seed and distance; below the threshold for any of them, "
                     "a recall comparison beyond the window reads 'cannot tell'"}
+
+
+def positive_control_rows(results: dict) -> list[dict]:
+    """One row per arm of a results.json: in-window pass-key exact match per seed and distance, and whether the arm
+    passes the positive control (notebook 05)."""
+    rows = []
+    for arm, entry in results.items():
+        pc = entry.get("positive_control") if isinstance(entry, dict) else None
+        if pc is None:
+            continue
+        for seed, per in pc["by_seed"].items():
+            rows.append({"arm": arm, "seed": seed, **{f"exact at {d}": v for d, v in per.items()},
+                         "passes (every seed)": pc["passed"]})
+    return rows
+
+
+def induction_head_rows(results: dict) -> list[dict]:
+    """One row per (arm, layer): the mean induction attention of each head over seeds (notebook 05)."""
+    rows = []
+    for arm, entry in results.items():
+        heads = entry.get("induction_heads") if isinstance(entry, dict) else None
+        if heads is None:
+            continue
+        for layer, values in enumerate(heads["mean"]):
+            rows.append({"arm": arm, "layer": layer, **{f"head {h}": v for h, v in enumerate(values)}})
+    return rows
