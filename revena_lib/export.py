@@ -90,7 +90,8 @@ def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
               "describe this corpus and budget only.", "",
               "## How to load", "", "```python", "from revena_lib.export import from_pretrained",
               "model, tokenizer = from_pretrained('path/to/this/folder')   # or a hub repo id (huggingface_hub)",
-              "out = model(torch.tensor([[tokenizer.eot_token] + tokenizer.encode('Fellow citizens')]))", "```", ""]
+              "from revena_lib.tokenizer import encode_text   # text is always ordinary text, '<|endoftext|>' too",
+              "out = model(torch.tensor([[tokenizer.eot_token] + encode_text(tokenizer, 'Fellow citizens')]))", "```", ""]
     return "\n".join(lines)
 
 

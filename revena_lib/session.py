@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from revena_lib.checkpoint import CHECKPOINT_FILE, load_model
-from revena_lib.tokenizer import run_tokenizer
+from revena_lib.tokenizer import encode_text, run_tokenizer
 
 LN2 = float(np.log(2.0))
 
@@ -116,7 +116,7 @@ class Session:
 
     def _encode(self, text_or_tokens) -> list[int]:
         if isinstance(text_or_tokens, str):
-            tokens = self.tokenizer.encode(text_or_tokens)
+            tokens = encode_text(self.tokenizer, text_or_tokens)   # "<|endoftext|>" in it is text
         else:
             tokens = [int(t) for t in text_or_tokens]
         vocab = self.model.cfg.vocab_size
