@@ -171,3 +171,45 @@ def test_no_module_encodes_text_but_through_encode_text():
             if call.search(line):
                 offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
     assert not offenders, "encode text with revena_lib.tokenizer.encode_text:\n" + "\n".join(offenders)
+
+
+# =====================================================================================================================
+# 3. A new document in a session: empty memory and no context, for every family with state
+
+def session_model(arm: str):
+    cfg = arm_preset("smoke", arm).model
+    # an LTM that writes and hits a lot, so a kept entry would show
+    cfg = dataclasses.replace(cfg, ltm_write_threshold_bits=2.0, ltm_similarity_threshold=0.0)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_a_new_document_in_a_session_starts_from_nothing(arm):
+    enc = gpt2_tokenizer()
+    model = session_model(arm)
+    first = " The pass key is 48213. Remember it. Fellow citizens of the Senate. " * 10   # > 2 chunks
+    second = " The union is strong, and the pass key is"
+    reader = Session(model, enc)
+    torch.manual_seed(1)    # the random-write ablation draws its writes from torch's generator
+    reader.feed(first, start_document=True)
+    held = reader.state_summary()
+    assert held["tokens_seen"] > 2 * model.cfg.chunk_size
+    torch.manual_seed(2)
+    result = reader.feed(second, start_document=True)
+    fresh = Session(model, enc)
+    torch.manual_seed(2)
+    reference = fresh.feed(second, start_document=True)
+    assert result.tokens == reference.tokens and result.positions == reference.positions
+    assert result.positions[0] == 0 and reader.history == reference.tokens
+    assert result.surprisal_bits == pytest.approx(reference.surprisal_bits, abs=1e-5)
+    assert reader.state_summary() == fresh.state_summary()
+    assert reader.ltm_entries() == fresh.ltm_entries()
+    if getattr(model.cfg, "use_ltm", False):
+        assert held["ltm_entries"] > reader.state_summary()["ltm_entries"]
+    # without start_document the session continues the document: the state is kept (the test can tell)
+    reader.feed(first, start_document=True)
+    torch.manual_seed(2)
+    continued = reader.feed(second)
+    assert continued.positions[0] > 0
+    assert continued.surprisal_bits[1:] != pytest.approx(reference.surprisal_bits[2:], abs=1e-5)
