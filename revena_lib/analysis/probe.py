@@ -24,6 +24,7 @@ import torch
 
 from revena_lib.models.transformer import memory_rates
 from revena_lib.evaluation.recall import model_device
+from revena_lib.data.tokenizer import encode_text
 
 TOP_K = 5
 MAX_BITS = 12.0          # surprisal at which the colour is fully red
@@ -269,7 +270,7 @@ def _document_choices(documents, tokenizer, limit: int = 50) -> list[tuple[str, 
     choices = []
     for label, doc in items:
         if isinstance(doc, str):
-            doc = np.array([tokenizer.eot_token] + tokenizer.encode_ordinary(doc), dtype=np.int64)
+            doc = np.array([tokenizer.eot_token] + encode_text(tokenizer, doc), dtype=np.int64)
         doc = np.asarray(doc, dtype=np.int64)
         preview = tokenizer.decode(doc[1:13].tolist()).strip().replace("\n", " ")
         choices.append((f"{label}: {preview[:50]}…", doc))
@@ -318,7 +319,7 @@ def _make_widget_class():
             if not text.strip():
                 self.status.value = "<i>type some text first</i>"
                 return
-            self.probe_tokens([self.tokenizer.eot_token] + self.tokenizer.encode_ordinary(text))
+            self.probe_tokens([self.tokenizer.eot_token] + encode_text(self.tokenizer, text))
 
         def probe_tokens(self, tokens) -> None:
             tokens = np.asarray(tokens, dtype=np.int64)[:self.max_tokens]

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from revena_lib.paths import ASSETS_DIR, atomic_write, data_dir as default_data_dir, file_sha256
-from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, get_tokenizer, gpt2_tokenizer, parse_tokenizer_name,
-                                  tokenizer_info, train_bpe)
+from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, encode_texts, get_tokenizer, gpt2_tokenizer,
+                                       parse_tokenizer_name, tokenizer_info, train_bpe)
 
 SOURCES = ("auto", "embedded", "openwebtext")
 SPLITS = ("train", "val")
@@ -448,8 +448,9 @@ def _tokenize(tokenizer, texts: list[str], progress: bool) -> list[list[int]]:
     doc_tokens = []
     with tqdm(total=len(texts), desc="tokenising", unit="doc", disable=not progress) as bar:
         for start in range(0, len(texts), batch):
-            # encode_ordinary: "<|endoftext|>" written inside a document stays text, never a separator.
-            doc_tokens.extend(tokenizer.encode_ordinary_batch(texts[start:start + batch], num_threads=threads))
+            # "<|endoftext|>" written inside a document stays text, never a separator (the separator is the real EOT
+            # id, which _write_split puts before every document).
+            doc_tokens.extend(encode_texts(tokenizer, texts[start:start + batch], num_threads=threads))
             bar.update(len(texts[start:start + batch]))
     return doc_tokens
 

@@ -241,7 +241,8 @@ def find_arm_runs(arms, trained_root: Path, preset: str | None) -> dict[str, lis
 
 def _comparable(config: dict, arm: str) -> dict:
     """What must be identical across arms: the model config except this arm's own overrides, the recipe except
-    the seed, the preset, the compute dtype, the corpus and the tokenizer."""
+    the seed (with any schedule change of a resume with another --steps), the preset, the compute dtype, the corpus
+    and the tokenizer."""
     overridden = set(ARMS[arm].overrides) | {"family"} if arm in ARMS else {"family"}
     data_meta = config.get("data_meta") or {}
     return {
@@ -250,6 +251,8 @@ def _comparable(config: dict, arm: str) -> dict:
         **{f"train.{k}": v for k, v in (config.get("train") or {}).items() if k != "seed"},
         "corpus": data_meta.get("corpus"), "tokenizer": (config.get("tokenizer") or {"name": "gpt2"}).get("name"),
         "tokenizer_sha256": (config.get("tokenizer") or {}).get("sha256"),
+        # a run resumed with another --steps followed another learning-rate schedule than a fresh one
+        "schedule_changes": config.get("schedule_changes") or [],
     }
 
 
@@ -452,6 +455,7 @@ def _arm_results(arm, scored: _Scored, docs, items, window, throughput, ecfg) ->
         "run": {
             "seeds": scored.seeds, "run_dirs": scored.run_dirs,
             "steps_done": [c.get("steps_done") for c in scored.configs],
+            "schedule_changes": [c.get("schedule_changes") or [] for c in scored.configs],   # per seed
             "trained_preset": config.get("preset"), "train_device": config.get("device"),
             "train_dtype": config.get("dtype"), "window": int((config.get("model") or {}).get("window", window)),
             "trained_corpus": (config.get("data_meta") or {}).get("corpus"),
