@@ -15,8 +15,8 @@ and at the top: ``config.py`` (presets), ``arms.py`` (the arm table: a new arm i
 artefacts live), and the five commands (``python -m revena_lib.prepare_data``, ``.train``, ``.evaluate``,
 ``.export``, ``.sleep_experiment``), each an entry point into its stage.
 
-    from revena_lib.data.tokenizer import get_tokenizer
-    get_tokenizer().encode("Hello world")  # [15496, 995]
+    from revena_lib.data.tokenizer import encode_text, get_tokenizer
+    encode_text(get_tokenizer(), "Hello world")  # [15496, 995]
 """
 
 __version__ = "0.1.0"

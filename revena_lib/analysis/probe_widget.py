@@ -15,6 +15,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from revena_lib.analysis.probe import DEFAULT_MAX_TOKENS, detail_html, surprisal_colour, token_texts, trace_document
+from revena_lib.data.tokenizer import encode_text
 
 # Give widget buttons the contract's data-index attribute (ipywidgets cannot set attributes): copy it from
 # their revena-token-<i> class whenever one appears in the page. Classes work without this script too.
@@ -58,7 +59,7 @@ def _document_choices(documents, tokenizer, limit: int = 50) -> list[tuple[str, 
     choices = []
     for label, doc in items:
         if isinstance(doc, str):
-            doc = np.array([tokenizer.eot_token] + tokenizer.encode_ordinary(doc), dtype=np.int64)
+            doc = np.array([tokenizer.eot_token] + encode_text(tokenizer, doc), dtype=np.int64)
         doc = np.asarray(doc, dtype=np.int64)
         preview = tokenizer.decode(doc[1:13].tolist()).strip().replace("\n", " ")
         choices.append((f"{label}: {preview[:50]}…", doc))
@@ -104,7 +105,7 @@ class ProbeWidget(widgets.VBox):
         if not text.strip():
             self.status.value = "<i>type some text first</i>"
             return
-        self.probe_tokens([self.tokenizer.eot_token] + self.tokenizer.encode_ordinary(text))
+        self.probe_tokens([self.tokenizer.eot_token] + encode_text(self.tokenizer, text))
 
     def probe_tokens(self, tokens) -> None:
         tokens = np.asarray(tokens, dtype=np.int64)[:self.max_tokens]

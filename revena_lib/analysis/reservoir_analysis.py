@@ -23,7 +23,8 @@ from revena_lib.models.reservoir import EchoReservoir, ReservoirLM, leaky_esn
 
 def reservoir_run(preset: str, seed: int = 0, train_steps_if_missing: int = 0, arm: str = "reservoir") -> Path:
     """A finished run of the reservoir arm under trained/<arm>/<preset>/ (``seed`` 0: the first one). Without one,
-    trains ``train_steps_if_missing`` steps of it (needs prepared data: notebook 01), or says how to make one."""
+    trains ``train_steps_if_missing`` steps of it (needs prepared data: notebook 01), or says how to make one. A run
+    it started and that was interrupted (Ctrl-C, a killed pipeline) it resumes exactly."""
     from revena_lib.training.loop import train
     from revena_lib.training.runs import find_runs
 
@@ -35,7 +36,10 @@ def reservoir_run(preset: str, seed: int = 0, train_steps_if_missing: int = 0, a
                                 f"`python -m revena_lib.train --preset {preset} --arm {arm}` (or notebook 03 with "
                                 f"arms='{arm}'), or set train_steps_if_missing > 0 here")
     print(f"no trained {arm} run for preset {preset}: training one for {train_steps_if_missing} steps")
-    return train(preset, arm=arm, seed=seed or None, steps=train_steps_if_missing, progress=False)
+    # started_by: a run this function started is resumed by it after an interruption (a re-run of the notebook or
+    # the pipeline); one started by hand is only reused when finished
+    return train(preset, arm=arm, seed=seed or None, steps=train_steps_if_missing, progress=False,
+                 started_by="reservoir_run")
 
 
 def check_model(model) -> None:

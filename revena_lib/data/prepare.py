@@ -33,8 +33,8 @@ from revena_lib.data import DataError
 from revena_lib.data.corpus import (EMBEDDED_CORPUS_DESCRIPTION, EMBEDDED_CORPUS_NAME, HF_DATASET_ID, SOURCES,
                                     announce_fallback, read_corpus, resolve_source)
 from revena_lib.data.splits import FORMAT_VERSION, SPLITS, bin_problem, load_meta
-from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, gpt2_tokenizer, parse_tokenizer_name,
-                                       tokenizer_info, train_bpe)
+from revena_lib.data.tokenizer import (TOKENIZER_FILE, TokenizerError, encode_texts, gpt2_tokenizer,
+                                       parse_tokenizer_name, tokenizer_info, train_bpe)
 from revena_lib.paths import atomic_write, data_dir as default_data_dir
 
 SETTING_KEYS = ("num_docs", "max_doc_chars", "val_fraction", "split_seed", "tokenizer")
@@ -210,8 +210,9 @@ def _tokenize(tokenizer, texts: list[str], progress: bool) -> list[list[int]]:
     doc_tokens = []
     with tqdm(total=len(texts), desc="tokenising", unit="doc", disable=not progress) as bar:
         for start in range(0, len(texts), batch):
-            # encode_ordinary: "<|endoftext|>" written inside a document stays text, never a separator.
-            doc_tokens.extend(tokenizer.encode_ordinary_batch(texts[start:start + batch], num_threads=threads))
+            # "<|endoftext|>" written inside a document stays text, never a separator (the separator is the real EOT
+            # id, which _write_split puts before every document).
+            doc_tokens.extend(encode_texts(tokenizer, texts[start:start + batch], num_threads=threads))
             bar.update(len(texts[start:start + batch]))
     return doc_tokens
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from revena_lib.data.tokenizer import encode_text
+
 # Phrasings, entities and number lengths used only in training (evaluation asks "The pass key is" + 5 digits).
 TEMPLATES = (" The code of {name} is", " {name}'s number is", " The locker of {name} opens with",
              " The room of {name} is number")
@@ -43,8 +45,8 @@ def _fact_tokens(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[i
     name = NAMES[int(rng.integers(len(NAMES)))]
     n_digits = DIGITS[int(rng.integers(len(DIGITS)))]
     number = "".join(str(int(d)) for d in rng.integers(0, 10, n_digits))
-    cue = tokenizer.encode_ordinary(template.format(name=name))
-    return cue, tokenizer.encode_ordinary(f" {number}.")
+    cue = encode_text(tokenizer, template.format(name=name))
+    return cue, encode_text(tokenizer, f" {number}.")
 
 
 def _random_span(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:

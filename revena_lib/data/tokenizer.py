@@ -12,9 +12,15 @@ Unicode text round-trips exactly; digits are split one per token before BPE, so 
 digit (a small model copies a 5-digit pass key as 5 known tokens, never as an unseen merge). Saved as
 ``tokenizer.json`` beside the data; ``meta.json`` records its name and sha256.
 
-    from revena_lib.data.tokenizer import get_tokenizer
-    get_tokenizer("gpt2").encode("Hello world")  # [15496, 995]
-    get_tokenizer().encode("Hello world")        # with the tokenizer of the prepared data (data/meta.json)
+Text is encoded in one place, ``encode_text(tokenizer, text)`` (``encode_texts`` for many): every path that turns
+text into tokens (data preparation, sessions and their widgets, the probe widget, sleep days, recall items) calls it.
+It reads text as ordinary text with either tokenizer: ``"<|endoftext|>"`` written inside a text is those 13
+characters, never the end-of-text token (tiktoken's ``encode`` would raise on it instead). The end-of-text id only
+enters a sequence where code puts it on purpose (a document's opening token).
+
+    from revena_lib.data.tokenizer import encode_text, get_tokenizer
+    encode_text(get_tokenizer("gpt2"), "Hello world")  # [15496, 995]
+    encode_text(get_tokenizer(), "Hello world")        # with the tokenizer of the prepared data (data/meta.json)
 """
 
 from __future__ import annotations
@@ -111,19 +117,14 @@ class BPETokenizer:
         for token, i in vocab.items():
             self._bytes[i] = (token.encode("utf-8") if i == self.eot_token
                               else bytes(unicode_to_byte[c] for c in token))
-        # The text "<|endoftext|>" inside a document stays ordinary text, as with tiktoken's encode_ordinary:
-        # its ordinary tokens come from the BPE model alone, never the special-token match.
-        self._eot_as_text = [t.id for piece, _ in hf_tokenizer.pre_tokenizer.pre_tokenize_str(EOT_TOKEN)
-                             for t in hf_tokenizer.model.tokenize(piece)]
 
     def encode_ordinary(self, text: str) -> list[int]:
-        pieces = text.split(EOT_TOKEN)
-        ids = []
-        for k, enc in enumerate(self._tok.encode_batch(pieces, add_special_tokens=False)):
-            if k:
-                ids.extend(self._eot_as_text)
-            ids.extend(enc.ids)
-        return ids
+        """Ordinary text, as tiktoken's encode_ordinary: the text "<|endoftext|>" is tokenised like any other text,
+        exactly as if no special token existed (pre-tokenizer, then the BPE model; never the special-token match)."""
+        if EOT_TOKEN not in text:   # nothing a special-token match could catch: the fast path gives the same ids
+            return self._tok.encode(text, add_special_tokens=False).ids
+        return [t.id for piece, _ in self._tok.pre_tokenizer.pre_tokenize_str(text)
+                for t in self._tok.model.tokenize(piece)]
 
     def encode(self, text: str, **_) -> list[int]:
         """Like encode_ordinary (tiktoken's special-token arguments are accepted and ignored)."""
@@ -140,6 +141,25 @@ class BPETokenizer:
 
     def save(self, path: Path) -> None:
         self._tok.save(str(path))
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """``text`` as token ids, read as ordinary text: the one function every path that encodes text goes through.
+
+    A special token's spelling inside ``text`` (``"<|endoftext|>"``) is read as those characters with GPT-2 and with
+    a bpe-N tokenizer alike, so user text can never end a document or raise (tiktoken's own ``encode`` raises
+    "disallowed special token"). Where a sequence needs the end-of-text token, add ``tokenizer.eot_token``."""
+    if not isinstance(text, str):
+        raise TypeError(f"encode_text: expected a str, got {type(text).__name__} (token ids need no encoding)")
+    return tokenizer.encode_ordinary(text)
+
+
+def encode_texts(tokenizer, texts, num_threads: int = 1) -> list[list[int]]:
+    """``encode_text`` of many texts (tiktoken encodes a batch on ``num_threads`` threads): the same ids."""
+    texts = list(texts)
+    if any(not isinstance(t, str) for t in texts):
+        raise TypeError("encode_texts: every text must be a str")
+    return tokenizer.encode_ordinary_batch(texts, num_threads=num_threads)
 
 
 def parse_tokenizer_name(name: str) -> int | None:

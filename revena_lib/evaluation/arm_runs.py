@@ -38,7 +38,8 @@ def find_arm_runs(arms, trained_root: Path, preset: str | None) -> dict[str, lis
 
 def _comparable(config: dict, arm: str) -> dict:
     """What must be identical across arms: the model config except this arm's own overrides, the recipe except
-    the seed, the preset, the compute dtype, the corpus and the tokenizer."""
+    the seed (with any schedule change of a resume with another --steps), the preset, the compute dtype, the corpus
+    and the tokenizer."""
     overridden = set(ARMS[arm].overrides) | {"family"} if arm in ARMS else {"family"}
     data_meta = config.get("data_meta") or {}
     return {
@@ -47,6 +48,8 @@ def _comparable(config: dict, arm: str) -> dict:
         **{f"train.{k}": v for k, v in (config.get("train") or {}).items() if k != "seed"},
         "corpus": data_meta.get("corpus"), "tokenizer": (config.get("tokenizer") or {"name": "gpt2"}).get("name"),
         "tokenizer_sha256": (config.get("tokenizer") or {}).get("sha256"),
+        # a run resumed with another --steps followed another learning-rate schedule than a fresh one
+        "schedule_changes": config.get("schedule_changes") or [],
     }
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from revena_lib.data.tokenizer import get_tokenizer
+from revena_lib.data.tokenizer import encode_text, get_tokenizer
 from revena_lib.evaluation.memory_stats import in_memory
 
 PASSKEY_QUESTION = " The pass key is"
@@ -51,8 +51,8 @@ class RecallItem:
     found by searching the answer tokens in the fact span (``fact_answer_span``).
     Built by hand:
 
-        enc = get_tokenizer(); context = enc.encode(" The code is 4417. Some text. The code is")
-        answer = enc.encode(" 4417")
+        enc = get_tokenizer(); context = encode_text(enc, " The code is 4417. Some text. The code is")
+        answer = encode_text(enc, " 4417")
         RecallItem(tokens=[enc.eot_token] + context + answer, answer_start=1 + len(context),
                    answer_len=len(answer), distance=3, kind="passkey")
     """
@@ -111,15 +111,15 @@ def _planted_pair(rng: np.random.Generator, enc) -> dict:
     key = f" {int(rng.integers(10_000, 100_000))}"
     obj = CONTROL_OBJECTS[int(rng.integers(len(CONTROL_OBJECTS)))]
     colour = CONTROL_COLOURS[int(rng.integers(len(CONTROL_COLOURS)))]
-    key_tokens = enc.encode(key)
-    control_question = enc.encode(f" The color of the {obj} is")
-    colour_tokens = enc.encode(colour)
-    passkey_question = enc.encode(PASSKEY_QUESTION)
+    key_tokens = encode_text(enc, key)
+    control_question = encode_text(enc, f" The color of the {obj} is")
+    colour_tokens = encode_text(enc, colour)
+    passkey_question = encode_text(enc, PASSKEY_QUESTION)
     # Facts are built by concatenating token lists, so the answer tokens in the fact and after the
     # question are identical (no re-tokenisation at the boundaries).
     return {
-        "passkey": (passkey_question + key_tokens + enc.encode(PASSKEY_TAIL), passkey_question, key_tokens, key),
-        "control": (control_question + colour_tokens + enc.encode("."), control_question, colour_tokens, colour),
+        "passkey": (passkey_question + key_tokens + encode_text(enc, PASSKEY_TAIL), passkey_question, key_tokens, key),
+        "control": (control_question + colour_tokens + encode_text(enc, "."), control_question, colour_tokens, colour),
     }
 
 
@@ -206,11 +206,11 @@ def _paired_items(rng: np.random.Generator, bodies: list[np.ndarray], joined: np
     fact, question, answer, answer_text = planted["passkey"]
     planted["no_fact"] = ([], question, answer, answer_text)
     other = _other_key(rng, answer_text)   # drawn last: the passkey and control draws stay as they were
-    planted["wrong_key"] = (question + enc.encode(other) + enc.encode(PASSKEY_TAIL), question, answer,
+    planted["wrong_key"] = (question + encode_text(enc, other) + encode_text(enc, PASSKEY_TAIL), question, answer,
                             answer_text)
     # the answer inside each fact: the fact is question + answer (+ tail), so it follows the question
     planted_len = {"passkey": len(answer), "control": len(planted["control"][2]), "no_fact": -1,
-                   "wrong_key": len(enc.encode(other))}
+                   "wrong_key": len(encode_text(enc, other))}
     items = []
     for kind in KINDS:
         fact, question, answer, answer_text = planted[kind]

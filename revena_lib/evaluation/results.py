@@ -223,6 +223,7 @@ def _trained_run(scored: ScoredArm, window: int) -> dict:
     return {
         "seeds": scored.seeds, "run_dirs": scored.run_dirs,
         "steps_done": [c.get("steps_done") for c in scored.configs],
+        "schedule_changes": [c.get("schedule_changes") or [] for c in scored.configs],   # per seed
         "trained_preset": config.get("preset"), "train_device": config.get("device"),
         "train_dtype": config.get("dtype"), "window": int((config.get("model") or {}).get("window", window)),
         "trained_corpus": (config.get("data_meta") or {}).get("corpus"),

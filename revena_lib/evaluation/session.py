@@ -7,6 +7,13 @@ pending tokens plus the new ones from that boundary state, commits the full chun
 So feeding a text in pieces gives the same surprisal as feeding it in one call (tests/test_session.py checks it
 for every family), and generation costs one partial chunk per token, never the whole history.
 
+A new document (``feed(text, start_document=True)``) means what it means in training and evaluation: the session
+forgets everything first (no context, an empty LTM, fresh reservoir states and recursive carry, as ``reset()``),
+then reads the end-of-text token that opens every document, then the text. Without ``start_document`` a call
+continues the current document, whatever it holds; ``reset()`` clears the state without starting a document.
+Text is always ordinary text (``revena_lib.data.tokenizer.encode_text``): "<|endoftext|>" typed in it is read as
+characters, never as a document boundary.
+
     run = load_run("trained/with_ltm/cpu/seed-1337"); chat = run.session()
     chat.feed("The pass key is 48213."); chat.generate(" The pass key is", max_new_tokens=3); chat.reset()
 """
@@ -19,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from revena_lib.data.tokenizer import run_tokenizer
+from revena_lib.data.tokenizer import encode_text, run_tokenizer
 from revena_lib.training.checkpoint import CHECKPOINT_FILE, load_model
 
 LN2 = float(np.log(2.0))
@@ -116,7 +123,7 @@ class Session:
 
     def _encode(self, text_or_tokens) -> list[int]:
         if isinstance(text_or_tokens, str):
-            tokens = self.tokenizer.encode(text_or_tokens)
+            tokens = encode_text(self.tokenizer, text_or_tokens)   # "<|endoftext|>" in it is text
         else:
             tokens = [int(t) for t in text_or_tokens]
         vocab = self.model.cfg.vocab_size
@@ -127,10 +134,13 @@ class Session:
     @torch.no_grad()
     def feed(self, text_or_tokens, start_document: bool = False) -> FeedResult:
         """Read text (or token ids) as the continuation of the session; returns each new token's surprisal.
-        ``start_document`` puts the end-of-text token first, as every training document starts."""
-        if not self.use_carry:
+
+        ``start_document``: the text is a new document, as in training and evaluation: the session is reset first
+        (no context, empty memory: nothing of the previous document is kept, positions restart at 0), then reads
+        the end-of-text token every document opens with, then the text."""
+        new = self._encode(text_or_tokens)    # before any reset: bad input leaves the session as it was
+        if start_document or not self.use_carry:
             self.reset()
-        new = self._encode(text_or_tokens)
         if start_document:
             new = [self.tokenizer.eot_token] + new
         if not new:

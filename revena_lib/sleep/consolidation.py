@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from revena_lib.data.tokenizer import encode_text
 from revena_lib.evaluation.recall import RecallItem, score_recall_items
 from revena_lib.evaluation.session import LoadedRun
 from revena_lib.paths import file_sha256
@@ -185,7 +186,7 @@ def make_days(split, cfg: DayConfig, window: int = 128, tokenizer=None) -> list[
             for _, (cue, digits) in mine:
                 number = "".join(str(int(x)) for x in rng.integers(0, 10, digits))
                 made.append(Fact(cue=cue, answer=f" {number}", day=d + 1, document=j))
-            statements = [enc.encode_ordinary(" " + f.cue) + enc.encode_ordinary(f.answer) + enc.encode_ordinary(".")
+            statements = [encode_text(enc, " " + f.cue) + encode_text(enc, f.answer) + encode_text(enc, ".")
                           for f in made]
             tokens = np.asarray(split.document(doc_id)[:cfg.tokens_per_doc]).tolist()
             tokens, spans = _plant(tokens, statements, rng, tail)
@@ -213,7 +214,7 @@ def day_from_texts(texts: list[str], facts: list[tuple[str, str]], tokenizer, in
     one of the texts (e.g. ("The boiler room code is", " 7731") for "... The boiler room code is 7731. ...").
     The question is asked as the cue after a space, as the statement reads mid-text; whitespace at the end of a cue
     belongs to the answer."""
-    documents = [[tokenizer.eot_token] + tokenizer.encode_ordinary(t) for t in texts]
+    documents = [[tokenizer.eot_token] + encode_text(tokenizer, t) for t in texts]
     made = []
     for cue, answer in facts:
         statement = cue + answer
@@ -236,7 +237,7 @@ def day_from_texts(texts: list[str], facts: list[tuple[str, str]], tokenizer, in
 
 def question_tokens(fact: Fact, tokenizer) -> tuple[list[int], list[int]]:
     """(cue tokens, answer tokens) of the question, as the statement was tokenised."""
-    return tokenizer.encode_ordinary(" " + fact.cue), tokenizer.encode_ordinary(fact.answer)
+    return encode_text(tokenizer, " " + fact.cue), encode_text(tokenizer, fact.answer)
 
 
 def closed_book_items(facts: list[Fact], tokenizer) -> list[RecallItem]:

@@ -45,6 +45,13 @@ def _results_for(config: dict, results_dir: Path | None) -> dict | None:
     return {"entry": entry, "comparison": results.get("comparisons", {}).get(config.get("arm"))}
 
 
+def schedule_change_lines(config: dict) -> list[str]:
+    """Model-card lines for a run resumed with another --steps (config.json ``schedule_changes``); none otherwise."""
+    return [f"- schedule changed on resume at step {c['at_step']}: {c['from_steps']} -> {c['to_steps']} steps (the "
+            f"learning rate followed the {c['from_steps']}-step cosine until then, so these weights differ from a "
+            f"fresh {c['to_steps']}-step run's)" for c in config.get("schedule_changes") or []]
+
+
 def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
     """The README.md of an exported run: what it is, how it was trained, what it scored, how to load it."""
     model, tok, data = config["model"], config.get("tokenizer") or {"name": "gpt2"}, config.get("data_meta") or {}
@@ -67,7 +74,8 @@ def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
         f"- corpus: {data.get('corpus')} ({data.get('train_tokens')} training tokens)"
         + (f"; fallback: {data['fallback_reason']}" if data.get("fallback_reason") else ""),
         f"- {config.get('steps_done')} steps of {config['train']['batch_size']} x {config['train']['seq_len']} tokens, "
-        f"AdamW lr {config['train']['lr']}, device {config.get('device')} ({config.get('dtype')})", "",
+        f"AdamW lr {config['train']['lr']}, device {config.get('device')} ({config.get('dtype')})",
+        *schedule_change_lines(config), "",
         "## Results", "",
     ]
     if results:
@@ -89,7 +97,8 @@ def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
               "describe this corpus and budget only.", "",
               "## How to load", "", "```python", "from revena_lib.training.export import from_pretrained",
               "model, tokenizer = from_pretrained('path/to/this/folder')   # or a hub repo id (huggingface_hub)",
-              "out = model(torch.tensor([[tokenizer.eot_token] + tokenizer.encode('Fellow citizens')]))", "```", ""]
+              "from revena_lib.data.tokenizer import encode_text   # text is always ordinary text, '<|endoftext|>' too",
+              "out = model(torch.tensor([[tokenizer.eot_token] + encode_text(tokenizer, 'Fellow citizens')]))", "```", ""]
     return "\n".join(lines)
 
 
@@ -117,7 +126,8 @@ def export_run(run_dir, out_dir, results_dir=None, force: bool = False) -> Path:
     write_json(out / CONFIG_FILE, {"format": FORMAT, "arm": config["arm"], "family": config["model"].get("family"),
                                    "model": config["model"], "tokenizer": tokenizer, "preset": config.get("preset"),
                                    "seed": config.get("seed"), "train": config.get("train"),
-                                   "data_meta": config.get("data_meta"), "num_parameters": model.num_parameters()})
+                                   "data_meta": config.get("data_meta"), "num_parameters": model.num_parameters(),
+                                   "schedule_changes": config.get("schedule_changes") or []})
     write_text(out / CARD_FILE, model_card(config, model.num_parameters(), _results_for(config, results_dir)))
     return out
 

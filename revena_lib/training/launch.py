@@ -21,7 +21,7 @@ import torch
 from revena_lib.config import Preset, get_preset
 from revena_lib.training import TrainError
 from revena_lib.training import checkpoint as ckpt
-from revena_lib.training.loop import train
+from revena_lib.training.loop import TRAIN_ARMS, train
 from revena_lib.training.runs import run_dir
 
 
@@ -40,6 +40,9 @@ def parse_seeds(spec, preset: str | Preset) -> tuple[int, ...]:
 def train_arms(preset: str | Preset, arms, seeds=(), steps: int | None = None, progress: bool = True,
                device=None, parallel: int = 0) -> dict[str, Path]:
     """Train (or resume, or reuse when finished) every seed of every arm; returns {"<arm> seed <N>": run_dir}.
+    The runs are marked as started by ``train_arms`` (config.json ``started_by``): calling it again after an
+    interruption (Ctrl-C, a killed job, a re-run of the pipeline) continues each exactly where its checkpoint stopped.
+    A run started by hand is reused when finished and otherwise refused with the command that continues it.
 
     ``arms``: names or 'a,b' (baseline always included); ``seeds``: '' or () for the preset's seeds.
     ``parallel`` > 1 runs that many single-threaded ``python -m revena_lib.train`` processes at once (on a 2-core
@@ -56,7 +59,8 @@ def train_arms(preset: str | Preset, arms, seeds=(), steps: int | None = None, p
     if parallel > 1 and isinstance(preset, str) and (device or "cpu") == "cpu":
         return _train_in_processes(preset, jobs, steps, parallel, progress)
     return {f"{arm} seed {seed}": train(preset, arm=arm, seed=seed, steps=steps or None, resume=True,
-                                        progress=progress, device=device) for arm, seed in jobs}
+                                        progress=progress, device=device, started_by=TRAIN_ARMS)
+            for arm, seed in jobs}
 
 
 def _steps_logged(out: Path) -> int:
@@ -75,7 +79,8 @@ def _train_in_processes(preset: str, jobs, steps, parallel: int, progress: bool)
 
     from tqdm.auto import tqdm
 
-    env = {**os.environ, "REVENA_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    # REVENA_PARENT_PID: each process stops with a checkpoint when this one dies (loop._stop_with_parent)
+    env = {**os.environ, "REVENA_THREADS": "1", "OMP_NUM_THREADS": "1", "REVENA_PARENT_PID": str(os.getpid())}
     total_steps = (steps or get_preset(preset).train.steps) * len(jobs)
     pending, running, done = list(jobs), {}, {}
     bar = tqdm(total=total_steps, disable=not progress, unit="step", desc=f"{len(jobs)} runs, {parallel} at a time")
@@ -84,7 +89,8 @@ def _train_in_processes(preset: str, jobs, steps, parallel: int, progress: bool)
             while pending and len(running) < parallel:
                 arm, seed = pending.pop(0)
                 cmd = [sys.executable, "-m", "revena_lib.train", "--preset", preset, "--arm", arm, "--seed", str(seed),
-                       "--resume", "--no-progress"] + (["--steps", str(steps)] if steps else [])
+                       "--resume", "--no-progress", "--started-by", TRAIN_ARMS] + \
+                    (["--steps", str(steps)] if steps else [])
                 out = run_dir(arm, seed, preset=preset)
                 out.mkdir(parents=True, exist_ok=True)
                 log = open(out / "train.log", "a")   # the run's console output, beside its metrics

@@ -42,6 +42,12 @@ from revena_lib.training.device import (DTYPES, DeviceError, autocast, autocast_
                                         select_device, world_size)
 from revena_lib.training.runs import run_dir
 
+# config.json's "started_by" of a run started by a person (the CLI, or train() called directly). Runs the pipeline
+# starts itself name their caller instead (launch.train_arms, reservoir_analysis.reservoir_run), and only those are
+# resumed by the pipeline on its own: see train(started_by=...).
+BY_HAND = "hand"
+TRAIN_ARMS = "train_arms"   # notebook 03
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C / SIGTERM during train(): a checkpoint was saved; ``--resume`` continues from it."""
@@ -118,6 +124,14 @@ def unigram_bpc(data_dir=None) -> float:
 # -----------------------------------------------------------------------------
 # Run bookkeeping
 
+def _config_field(out: Path, key: str):
+    """One field of a run's config.json (None if the file or the field is missing)."""
+    try:
+        return json.loads((out / ckpt.CONFIG_FILE).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
 def _read_metric_lines(path: Path, up_to_step: int) -> list[str]:
     if not path.exists():
         return []
@@ -159,7 +173,9 @@ def _empty_accumulator() -> dict:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag the training loop checks after each step; a second Ctrl-C aborts at once."""
+    """SIGINT/SIGTERM set a flag the training loop checks after each step; a second Ctrl-C aborts at once. A repeated
+    SIGTERM does not: a dying parent sends one per thread it loses (_stop_with_parent), and a job manager's follow-up
+    is a SIGKILL anyway, so the checkpoint is still written."""
 
     def __init__(self):
         self.signum = None
@@ -167,7 +183,9 @@ class _StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
 
     def __enter__(self):
@@ -196,15 +214,24 @@ def _start_wandb(run_path: Path, name: str, config: dict):
 
 def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, steps: int | None = None,
           out_dir=None, resume: bool = False, wandb: bool = False, progress: bool = True, device=None,
-          force: bool = False, stop_at: int | None = None, with_ltm: bool | None = None) -> Path:
+          force: bool = False, stop_at: int | None = None, with_ltm: bool | None = None,
+          started_by: str = BY_HAND) -> Path:
     """Train one arm (a name from ``revena_lib/arms.py``); returns the run directory.
 
     with_ltm: the brief's spelling (True -> arm "with_ltm", False -> "baseline"); overrides ``arm``.
     resume: continue the run in the directory from its checkpoint (exactly: same batches, optimizer, RNG);
-        a finished run is returned as is; with no checkpoint there, start fresh.
+        a finished run is returned as is; with no checkpoint there, start fresh. ``steps`` other than the run's
+        own total changes its plan from the checkpoint on: the cosine schedule is the old total's up to that
+        step and the new total's after it. Training says so in one line and records it in config.json
+        (``schedule_changes``: at_step, from_steps, to_steps), which evaluation and the export's model card carry.
     force: delete an existing run in the directory and start over (otherwise an existing run is refused).
     stop_at: save a checkpoint and return after this many steps without finishing (as Ctrl-C would);
         for splitting a long run into jobs, and for tests.
+    started_by: who starts the run, recorded in config.json: ``"hand"`` (a person: the CLI, or this function
+        called directly), or the name of the automatic caller (``train_arms``, ``reservoir_run``: what the
+        notebooks and run_all.py call). An automatic caller resumes (implies ``resume``) a run an automatic caller
+        started, so re-running an interrupted pipeline continues it exactly; a run started by hand it reuses only
+        when finished, and otherwise refuses it with the command that continues it, as ``train()`` does.
     Ctrl-C / SIGTERM: saves a checkpoint and raises TrainingInterrupted.
     """
     if with_ltm is not None:
@@ -222,6 +249,9 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
     tokenizer = tokenizer_info(load_meta())
     preset.model.vocab_size = int(tokenizer["vocab_size"])   # the model's vocabulary is the data's tokenizer's
     out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
+    if started_by != BY_HAND:
+        _check_automatic(out, preset, arm, seed, steps, force)
+        resume = True
     state = _resume_state(out, preset, seed, steps, resume, force, tokenizer)
     if state == "finished":
         return out
@@ -229,7 +259,7 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
     device = select_device(device)
     distributed = init_distributed(device)
     try:
-        run = _setup_run(preset, arm, seed, out, state, device, distributed)
+        run = _setup_run(preset, arm, seed, out, state, device, distributed, started_by)
         return _train_loop(run, wandb, progress, stop_at)
     finally:
         if distributed:
@@ -251,21 +281,59 @@ def _resume_state(out: Path, preset: Preset, seed: int, steps, resume: bool, for
         if state["seed"] != seed:
             raise CheckpointError(f"{ckpt_path} belongs to seed {state['seed']}, not {seed}; use --seed {state['seed']}")
         # The saved recipe wins (exact continuation); an explicit --steps may extend or shorten the run.
+        planned = int(state["config"]["train"]["steps"])
         preset.train = TrainConfig(**{**state["config"]["train"], **({"steps": int(steps)} if steps else {})})
         if state["step"] >= preset.train.steps:
             if is_main_process():
                 print(f"revena: {out} already finished {state['step']} steps; nothing to do", file=sys.stderr)
             return "finished"
+        changes = list(state["config"].get("schedule_changes") or [])
+        if preset.train.steps != planned:
+            changes.append({"at_step": int(state["step"]), "from_steps": planned, "to_steps": preset.train.steps})
+            if is_main_process():
+                print(f"revena: {out}: the schedule changes at step {state['step']} ({planned} -> "
+                      f"{preset.train.steps} steps): the learning rate followed the {planned}-step cosine so far and "
+                      f"follows the {preset.train.steps}-step one from here, so the weights will differ from a fresh "
+                      f"{preset.train.steps}-step run's (recorded in config.json: schedule_changes)", file=sys.stderr)
+        state["config"]["schedule_changes"] = changes
         return state
     if existing and not resume and not force:
         try:
             old = json.loads(config_path.read_text())
-            what = f"{'finished' if old.get('finished') else 'unfinished'}, {old.get('steps_done')} steps"
+            what = f"{'finished' if old.get('finished') else 'unfinished'}, {old.get('steps_done')} steps" + \
+                (f", started by {old['started_by']}" if old.get("started_by", BY_HAND) != BY_HAND else "")
         except (OSError, ValueError):
             what = "unreadable config.json"
         raise TrainError(f"{out} already holds a run ({what}): pass --resume to continue it, --force to delete it "
                          "and start over, or --out DIR for a new run")
     return None
+
+
+def _check_automatic(out: Path, preset: Preset, arm: str, seed: int, steps, force: bool) -> None:
+    """An automatic caller (train_arms, reservoir_run) meets an existing run in ``out``. One an automatic caller
+    started is its to resume. One started by hand (or by a version that did not record who started it) it may only
+    reuse as it is, finished: continuing or extending it would change a run a person is in charge of (and may be
+    training right now), so that is refused with the command that does it."""
+    config_path, ckpt_path = out / ckpt.CONFIG_FILE, out / ckpt.CHECKPOINT_FILE
+    if force or not (config_path.exists() or ckpt_path.exists()):
+        return
+    try:
+        old = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("started_by", BY_HAND) != BY_HAND:
+        return
+    done, planned = int(old.get("steps_done") or 0), (old.get("train") or {}).get("steps", "?")
+    if old.get("finished") and ckpt_path.exists() and (not steps or done >= int(steps)):
+        return   # finished: reused as it is
+    command = f"python -m revena_lib.train --preset {preset.name} --arm {arm} --seed {seed}"
+    if old.get("finished") and ckpt_path.exists():
+        what, fix = f"finished, {done} steps; {int(steps)} are asked for", f"`{command} --resume --steps {int(steps)}`"
+    else:
+        what, fix = f"unfinished, {done} of {planned} steps", f"`{command} --resume`"
+    raise TrainError(f"{out} holds a run started by hand ({what}), and the pipeline only continues runs it started "
+                     f"itself: continue it with {fix} (a finished run is then reused), or delete {out} to let the "
+                     "pipeline train its own")
 
 
 @dataclass
@@ -286,6 +354,8 @@ class _Run:
     val_batches: list
     chars_per_token: float
     config: dict                           # config.json's content
+    started_by: str = BY_HAND              # "hand", or the automatic caller that started the run
+    schedule_changes: list = field(default_factory=list)   # [{at_step, from_steps, to_steps}] from resumes
     start_step: int = 0
     train_seconds: float = 0.0
     accumulator: dict = field(default_factory=lambda: _empty_accumulator())
@@ -303,7 +373,8 @@ class _Run:
         return self.out / ckpt.METRICS_FILE
 
 
-def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, distributed) -> _Run:
+def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, distributed,
+               started_by: str = BY_HAND) -> _Run:
     """Data, model, optimizer (restored from ``state`` when resuming) and the run's files."""
     from revena_lib.data.splits import load_split
     from revena_lib.models import build_model
@@ -322,8 +393,12 @@ def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, di
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, dtype) else None
     run = _Run(preset, arm, seed, out, device, dtype, distributed, model,
                torch.nn.parallel.DistributedDataParallel(model) if distributed else model, optimizer, scaler,
-               train_split, validation_batches(val_split, cfg), characters_per_token(val_split), config={})
+               train_split, validation_batches(val_split, cfg), characters_per_token(val_split), config={},
+               started_by=started_by)
     if state:
+        # Who started a run stays recorded when anyone resumes it (runs from before this field: by hand).
+        run.started_by = state["config"].get("started_by") or _config_field(out, "started_by") or BY_HAND
+        run.schedule_changes = list(state["config"].get("schedule_changes") or [])
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
@@ -348,6 +423,7 @@ def _write_run_files(run: _Run, fresh: bool) -> None:
         "world_size": world_size(), "num_parameters": run.model.num_parameters(),
         "val_characters_per_token": run.chars_per_token,
         "unigram_bpc": None, "finished": False, "steps_done": run.start_step, "train_seconds": run.train_seconds,
+        "started_by": run.started_by, "schedule_changes": run.schedule_changes,
     }
     if not is_main_process():
         return
@@ -375,7 +451,8 @@ def _save(run: _Run, steps_done: int, finished: bool) -> None:
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "step": steps_done, "seed": run.seed, "arm": run.arm, "dtype": dtype_name(run.dtype),
         "config": {"model": run.config["model"], "train": run.config["train"], "data": run.config["data"],
-                   "tokenizer": run.config["tokenizer"]},
+                   "tokenizer": run.config["tokenizer"], "started_by": run.started_by,
+                   "schedule_changes": run.schedule_changes},
         "rng": _rng_state(), "accumulator": dict(run.accumulator), "train_seconds": run.train_seconds,
     })
     ckpt.write_json(run.out / ckpt.CONFIG_FILE, {**run.config, "finished": finished, "steps_done": steps_done,
@@ -548,7 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for the initial weights and the batch order (default: the preset's, 1337)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps, also the cosine schedule's length (default: the preset's)")
+                        help="optimizer steps, also the cosine schedule's length (default: the preset's). With "
+                             "--resume the run keeps its own total unless --steps gives another: then the schedule "
+                             "changes at the checkpoint's step (the learning rate followed the old total's cosine up "
+                             "to it and follows the new total's after it, so the weights differ from a fresh run of "
+                             "the new total); training prints this and records it in config.json (schedule_changes)")
     parser.add_argument("--out", default=None, help="run directory (default: trained/<arm>/<preset>/seed-<seed>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the run directory exactly where its checkpoint stopped; "
@@ -561,13 +642,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
                         help="where to train (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--started-by", default=BY_HAND, help=argparse.SUPPRESS)   # train_arms' processes
     return parser
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """In a training process of launch._train_in_processes (Linux): a SIGTERM when its parent dies, so a killed
+    pipeline (whose kernel exits with it) leaves no orphan training on: the run checkpoints and stops, and a re-run
+    resumes it. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:   # the parent died before prctl: nothing will signal us
+        sys.exit(f"error: the process that started this training ({parent_pid}) has exited; nothing was trained")
 
 
 def main(argv=None) -> None:
     from revena_lib.data import DataError
 
     args = build_parser().parse_args(argv)
+    if os.environ.get("REVENA_PARENT_PID") and args.started_by != BY_HAND:   # a process of launch.train_arms
+        _stop_with_parent(int(os.environ["REVENA_PARENT_PID"]))
     try:
         preset = get_preset(args.preset)
     except ValueError as e:
@@ -576,7 +676,7 @@ def main(argv=None) -> None:
         arm = "with_ltm" if args.with_ltm else (args.arm or BASELINE)
         out = train(preset, arm=arm, seed=args.seed, steps=args.steps, out_dir=args.out,
                     resume=args.resume, wandb=args.wandb, progress=not args.no_progress, device=args.device,
-                    force=args.force, stop_at=args.stop_at)
+                    force=args.force, stop_at=args.stop_at, started_by=args.started_by)
     except TrainingInterrupted as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(130)
