@@ -230,8 +230,10 @@ def _trained_run(scored: ScoredArm, window: int) -> dict:
     }
 
 
-def _comparison(reference: ScoredArm, scored: ScoredArm, docs, items, window, ecfg, against: str) -> dict:
-    """Each COMPARED metric of ``scored`` minus ``reference``, with interval and verdict, plus one sentence."""
+def _comparison(reference: ScoredArm, scored: ScoredArm, docs, items, window, ecfg, against: str,
+                controls: tuple[dict, dict]) -> dict:
+    """Each COMPARED metric of ``scored`` minus ``reference``, with interval and verdict, plus one sentence.
+    ``controls``: the two arms' positive controls (reference's, scored's), as their results.json entries hold them."""
     chars = np.array([d["characters"] for d in docs], float)
     n_bytes = np.array([d["bytes"] for d in docs], float)
     beyond = np.array([it.kind == "passkey" and it.distance > window for it in items])
@@ -247,7 +249,7 @@ def _comparison(reference: ScoredArm, scored: ScoredArm, docs, items, window, ec
     for key, lower_is_better in COMPARED.items():
         a, b, den = values[key]
         out[key] = stats.compare(a, b, den, lower_is_better, paired, ecfg.bootstrap_samples, ecfg.recall_seed)
-    _gate_recall_verdicts(out, reference, scored, items, window, ecfg, against)
+    _gate_recall_verdicts(out, controls, window, ecfg, against)
     out["summary"] = (f"BPC: {out['bpc']['verdict']} ({out['bpc']['diff']:+.4f}, 95% CI "
                       f"[{out['bpc']['ci95'][0]:+.4f}, {out['bpc']['ci95'][1]:+.4f}]); long-range recall: "
                       f"{out['long_range_recall']['verdict']} ({out['long_range_recall']['diff']:+.3f}, 95% CI "
@@ -261,11 +263,10 @@ RECALL_KEYS = ("long_range_recall", "long_range_recall_logprob_bits", "recall_be
                "recall_beyond_field_logprob_bits")
 
 
-def _gate_recall_verdicts(out: dict, reference: ScoredArm, scored: ScoredArm, items, window, ecfg, against) -> None:
+def _gate_recall_verdicts(out: dict, controls: tuple[dict, dict], window, ecfg, against) -> None:
     """A recall comparison gets a verdict only if both arms copy inside their window (every seed's in-window pass-key
     exact match >= positive_control_exact); otherwise "cannot tell", with why. BPC needs no copying: its verdict stays."""
-    failing = [name for name, arm in ((against, reference), ("the arm", scored))
-               if not _positive_control(arm, items, window, ecfg)["passed"]]
+    failing = [name for name, control in zip((against, "the arm"), controls) if not control["passed"]]
     if not failing:
         return
     why = (f"positive control failed: {' and '.join(failing)} do{'es' if len(failing) == 1 else ''} not copy a pass "
@@ -396,12 +397,15 @@ def _results(scored: dict, docs, items, window: int, throughput: dict, ecfg, eva
     results = {arm: _arm_results(arm, scored[arm], docs, items, window, throughput[arm], ecfg) for arm in scored}
     for arm in results:
         results[arm]["run"] = {**evaluated, **results[arm]["run"]}
-    results["comparisons"] = {arm: _comparison(scored[BASELINE], scored[arm], docs, items, window, ecfg, BASELINE)
+    control = lambda arm: results[arm]["positive_control"]
+    results["comparisons"] = {arm: _comparison(scored[BASELINE], scored[arm], docs, items, window, ecfg, BASELINE,
+                                               (control(BASELINE), control(arm)))
                               for arm in scored if arm != BASELINE}
     for name, (source, _, _) in READ_ABLATIONS.items():
         if name in scored:   # the ablation against its own trained arm: what do the reads themselves do?
             results["comparisons"][f"{source}_vs_{name}"] = _comparison(scored[name], scored[source], docs, items,
-                                                                        window, ecfg, name)
+                                                                        window, ecfg, name,
+                                                                        (control(name), control(source)))
     chars = np.array([d["characters"] for d in docs], float)
     results["reference"] = {"unigram_bpc": float(unigram.sum() / chars.sum()),
                             "note": "unigram model of the training tokens, scored on the same documents"}

@@ -39,7 +39,7 @@ RECIPES: dict[str, Recipe] = {
                            "the token after the cue's last token is less ambiguous",
                            {**_LANDED, "recall_facts_per_row": 2}),
     "repeats": Recipe("as landed, plus a fifth of the rows with passages of their own natural text repeated later "
-                      "in the row (8-48 tokens, 8-120 tokens apart): copy targets in real text, with trained "
+                      "in the row (8-48 tokens, from 8 tokens apart to the end of the row): copy targets in real text, with trained "
                       "embeddings, instead of random tokens", {**_LANDED, "recall_repeats": 0.2}),
     "short_rows": Recipe("as landed, in 8 x 256-token rows: the same tokens per step from 4x as many places",
                          {**_LANDED, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 2}),
