@@ -37,6 +37,10 @@ class ModelConfig:
     chunk_size: int = 64            # the brief's stride: sequences run chunk by chunk, each against a K/V cache
                                     # of the previous ceil((window-1)/chunk_size) chunks (2 here), banded mask
     rope_base: float = 10_000.0
+    smear_key: bool = False         # an aid to copying (Olsson et al. 2022, "smeared key"): each attention key becomes
+                                    # a k_t + (1 - a) k_(t-1), a = sigmoid of a learned logit per head, so one layer can
+                                    # match "the token before this key" and an induction head needs no second layer.
+                                    # Off in paper (the brief's model); recipes turn it on (training/recipes.py)
     dropout: float = 0.0
     # Long-term memory (the with_ltm arm sets use_ltm; revena_lib/arms.py)
     use_ltm: bool = False

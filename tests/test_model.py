@@ -51,7 +51,11 @@ def reference_logits(model: RevenaLM, idx: torch.Tensor) -> torch.Tensor:
         h = F.layer_norm(x, (cfg.n_embd,), blk.ln_1.weight, blk.ln_1.bias)
         q, k, v = (h @ blk.attn.c_attn.weight.T).split(cfg.n_embd, dim=-1)
         q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
-        scores = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(D)
+        k = rope(k)
+        if cfg.smear_key:   # Olsson et al.'s smeared key: a k_t + (1 - a) k_(t-1), nothing before position 0
+            a = torch.sigmoid(blk.attn.smear_logit).view(H, 1, 1)
+            k = a * k + (1 - a) * torch.cat([torch.zeros_like(k[:, :, :1]), k[:, :, :-1]], dim=2)
+        scores = rope(q) @ k.transpose(-1, -2) / math.sqrt(D)
         att = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, cfg.n_embd)
         x = x + y @ blk.attn.c_proj.weight.T
@@ -70,6 +74,46 @@ def test_chunked_attention_equals_one_pass_banded_reference(T, ltm_layer):
         got = model(idx).logits
         want = reference_logits(model, idx)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def smeared(seed=0, **overrides) -> RevenaLM:
+    """A tiny model with smeared keys whose mix differs per layer and head (not the even mix it starts at)."""
+    model = build(seed, smear_key=True, **overrides)
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            block.attn.smear_logit.copy_(torch.linspace(-2.0, 2.0, model.cfg.n_head) + i)
+    return model
+
+
+@pytest.mark.parametrize("T", [7, 8, 37, 64])
+@pytest.mark.parametrize("ltm_layer", [-1, 0])
+def test_smeared_keys_in_chunks_equal_the_one_pass_reference(T, ltm_layer):
+    """The smear runs across chunk boundaries: each key mixes with its real predecessor, also in the cache."""
+    model = smeared(n_layer=3, ltm_layer=ltm_layer)
+    idx = tokens(2, T)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx).logits, reference_logits(model, idx), atol=2e-5, rtol=1e-4)
+
+
+def test_smeared_keys_are_causal_continue_a_stream_exactly_and_are_off_by_default():
+    assert ModelConfig().smear_key is False and get_preset("paper").model.smear_key is False
+    assert all(b.attn.smear_logit is None for b in build().blocks)
+    model = smeared(use_ltm=True, ltm_write_threshold_bits=0.0)
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        base = model(idx).logits
+        for t in (0, 8, 23):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % V
+            assert torch.equal(model(changed).logits[:, :t], base[:, :t]), f"logits before {t} changed"
+        first = model(idx[:, :16], state=model.new_state(2))
+        second = model(idx[:, 16:], state=first.state)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), base, rtol=1e-4, atol=1e-4)
+    # and the smear matters: the same weights without it give other logits
+    plain = build(use_ltm=True, ltm_write_threshold_bits=0.0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "smear" not in k})
+    with torch.no_grad():
+        assert not torch.allclose(plain(idx).logits, base, atol=1e-3)
 
 
 def test_ltm_arm_without_reads_equals_reference():

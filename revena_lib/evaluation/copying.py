@@ -104,9 +104,10 @@ def attention_patterns(model, seqs: torch.Tensor) -> list[torch.Tensor] | None:
     cos, sin = rope_tables(torch.arange(T, device=device), D, cfg.rope_base)
     causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     patterns = []
-    for qkv in captured:
+    for block, qkv in zip(blocks, captured):
         q, k, _ = qkv[:, :T].split(C, dim=2)                                       # (N, T, C)
         q, k = (apply_rope(x.reshape(N, T, H, D).transpose(1, 2), cos, sin) for x in (q, k))   # (N, H, T, D)
+        k = block.attn.smear(k).detach()                                           # identity without smear_key
         scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~causal, float("-inf"))
         patterns.append(scores.softmax(-1))                                        # (N, H, T, T)
     return patterns

@@ -139,6 +139,8 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # the smeared key's mix logit per head (ModelConfig.smear_key); 0 starts at an even mix of k_t and k_(t-1)
+        self.smear_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.smear_key else None
 
     def project(self, x: torch.Tensor):
         """q, k, v of shape (B, H, T, D), before RoPE."""
@@ -146,6 +148,18 @@ class Attention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         shape = (B, T, self.n_head, self.head_dim)
         return (q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2))
+
+    def smear(self, k: torch.Tensor) -> torch.Tensor:
+        """Smeared keys (Olsson et al. 2022, "In-context learning and induction heads", section on the smeared-key
+        architecture): k (..., H, L, D), consecutive positions along L -> a k_t + (1 - a) k_(t-1), a per head.
+        The first position has no predecessor here and mixes with zeros; callers pass the K/V cache in front, so
+        within a window the predecessor is always there (the cache's oldest key is masked for every query).
+        Identity without ``smear_key``."""
+        if self.smear_logit is None:
+            return k
+        a = torch.sigmoid(self.smear_logit).to(k.dtype).view(-1, 1, 1)      # (H, 1, 1)
+        previous = F.pad(k, (0, 0, 1, 0))[..., :-1, :]                        # k_(t-1), zeros before the first
+        return a * k + (1 - a) * previous
 
     def attend(self, q, k, v, mask):
         """SDPA with a boolean mask; q (..., Lq, D), k/v (..., Lk, D), mask broadcastable to (..., Lq, Lk)."""
@@ -196,8 +210,8 @@ class Block(nn.Module):
             cache = (kr.new_zeros(B, H, p * chunk, D), v.new_zeros(B, H, p * chunk, D))
         k_all = torch.cat([cache[0].to(kr.dtype), kr], dim=2)           # (B, H, P*c + Tp, D)
         v_all = torch.cat([cache[1].to(v.dtype), v], dim=2)
-        # keys of chunk i: chunks i-P .. i
-        kp, vp = k_all.reshape(B * H, p + n, chunk, D), v_all.reshape(B * H, p + n, chunk, D)
+        # keys of chunk i: chunks i-P .. i (smeared over the whole run, so each key's predecessor is its own)
+        kp, vp = self.attn.smear(k_all).reshape(B * H, p + n, chunk, D), v_all.reshape(B * H, p + n, chunk, D)
         keys = torch.cat([kp[:, i:i + n] for i in range(p + 1)], dim=2)   # (BH, N, (P+1)c, D)
         vals = torch.cat([vp[:, i:i + n] for i in range(p + 1)], dim=2)
         y = self.attn.attend(qc, keys, vals, masks)                     # (BH, N, c, D)
@@ -218,7 +232,7 @@ class Block(nn.Module):
         qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys = torch.cat([cache[0], kr], dim=2)                          # (B, H, P*c + L, D)
         vals = torch.cat([cache[1], v], dim=2)
-        y = self.attn.attend(qr, keys, vals, mask)                       # (B, H, L, D)
+        y = self.attn.attend(qr, self.attn.smear(keys), vals, mask)      # (B, H, L, D); the cache keeps raw keys
         x = x + self.attn.merge(y)
         x = x + self.mlp(self.ln_2(x))
         keep = cache[0].shape[2]

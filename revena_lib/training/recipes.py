@@ -43,6 +43,16 @@ RECIPES: dict[str, Recipe] = {
                       "embeddings, instead of random tokens", {**_LANDED, "recall_repeats": 0.2}),
     "short_rows": Recipe("as landed, in 8 x 256-token rows: the same tokens per step from 4x as many places",
                          {**_LANDED, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 2}),
+    "short_dense": Recipe("16 x 128-token rows (a row is one window): 2 facts in three rows of ten, repeated "
+                          "random-token spans in four of ten; on synthetic spans, copying formed in 16-32 x 64-token "
+                          "rows and not in 2-8 x 256-1,024 ones (time to an induction head grows with context)",
+                          {**_LANDED, "seq_len": 128, "batch_size": 16, "recall_mix": 0.3, "recall_facts_per_row": 2,
+                           "recall_induction": 0.4}),
+    "short_dense_smear": Recipe("short_dense with smeared keys (ModelConfig.smear_key; Olsson et al. 2022): on "
+                                "synthetic spans of 4-16 tokens in 32 x 64-token rows, copying formed by step ~600 "
+                                "with them and was still forming at step 700 without",
+                                {**_LANDED, "seq_len": 128, "batch_size": 16, "recall_mix": 0.3,
+                                 "recall_facts_per_row": 2, "recall_induction": 0.4}, {"smear_key": True}),
 }
 
 
