@@ -147,6 +147,18 @@ class TrainConfig:
     recall_induction: float = 0.0   # and this share carries repeated spans of random tokens (an induction warm-up)
     recall_repeats: float = 0.0     # and this share repeats passages of its own natural text later in the row
     recipe: str = ""                # the copying recipe this run was trained under (training/recipes.py), if named
+    # Where a fresh run's weights start (training/trunk.py): "" = random initialisation; "trunk" = the shipped trunk of
+    # this preset and seed (trunks/<preset>/seed-<seed>/, built by `make pretrain`); anything else = a trunk directory.
+    # Only transformer-family arms can start from a trunk; the others start random and their config.json says why.
+    init_from: str = ""
+
+
+@dataclass
+class PretrainConfig:
+    """How this preset's trunk is trained (``python -m revena_lib.pretrain``, training/trunk.py): the baseline arm,
+    trained once per seed for as long as copying needs, that every transformer arm can fine-tune from."""
+    recipe: str = ""                # a name in training/recipes.py RECIPES; "" = the preset's own training config
+    steps: int = 0                  # optimizer steps (and the cosine schedule's length); 0 = the preset's train.steps
 
 
 @dataclass
@@ -175,6 +187,7 @@ class Preset:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,6 +204,7 @@ def _smoke() -> Preset:
         eval=EvalConfig(max_docs=3, max_tokens_per_doc=512, batch_size=2,
                         recall_distances=(32, 256), recall_items_per_distance=4,
                         bootstrap_samples=200, throughput_tokens=1024),
+        pretrain=PretrainConfig(steps=4),   # a trunk in seconds, for the tests (tests/test_trunk.py)
     )
 
 

@@ -1,7 +1,8 @@
-"""Where the workbook's artefacts live: ``data/``, ``trained/``, ``results/`` under one root.
+"""Where the workbook's artefacts live: ``data/``, ``trained/``, ``results/``, ``trunks/`` under one root.
 
 The root is the repository by default. Set ``REVENA_HOME`` to put every artefact somewhere else
-(the tests do, so they never touch a researcher's trained models).
+(the tests do, so they never touch a researcher's trained models). ``trunks/`` is the one that is committed:
+the pretrained trunks the arms fine-tune from (``revena_lib/training/trunk.py``).
 
     from revena_lib.paths import data_dir
     data_dir()  # PosixPath('/path/to/repo/data')
@@ -31,6 +32,11 @@ def trained_dir() -> Path:
 
 def results_dir() -> Path:
     return artefact_root() / "results"
+
+
+def trunks_dir() -> Path:
+    """``trunks/``: the pretrained trunks, ``<preset>/seed-<seed>/trunk.pt`` + ``trunk.json`` (shipped in the repo)."""
+    return artefact_root() / "trunks"
 
 
 def atomic_write(path, write) -> None:
