@@ -7,6 +7,8 @@
     checkpoint.py  atomic writes, safe loading, load_model(run_dir) for everything downstream
     device.py      CPU or CUDA, threads, the autocast dtype, torchrun processes
     export.py      a finished run -> the Hugging Face Hub layout, and back (python -m revena_lib.export)
+    recipes.py     named copying recipes: what a preset's training changes to teach copying
+    trunk.py       pretrained trunks (trunks/<preset>/seed-<seed>/): saved, loaded and verified, the start of a run
 
     from revena_lib.training.loop import train
     run = train("smoke", arm="with_ltm", seed=1337)     # Path('trained/with_ltm/smoke/seed-1337')

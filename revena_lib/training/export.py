@@ -52,6 +52,19 @@ def schedule_change_lines(config: dict) -> list[str]:
             f"fresh {c['to_steps']}-step run's)" for c in config.get("schedule_changes") or []]
 
 
+def init_lines(config: dict) -> list[str]:
+    """The model-card line saying where the run's weights started (config.json ``init``; runs from before it: none)."""
+    init = config.get("init")
+    if not init:
+        return []
+    if init.get("started_from") == "trunk":
+        fresh = init.get("kept_fresh") or []
+        return [f"- started from the pretrained trunk `{init.get('source')}` (sha256 {init.get('trunk_sha256')}, "
+                f"{init.get('trunk_steps')} steps; rebuilt by `{init.get('trunk_command')}`): {init.get('loaded')} "
+                "tensors loaded" + (f", kept fresh: {', '.join(fresh)}" if fresh else "")]
+    return [f"- started from random initialisation ({init.get('reason') or 'init_from empty'})"]
+
+
 def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
     """The README.md of an exported run: what it is, how it was trained, what it scored, how to load it."""
     model, tok, data = config["model"], config.get("tokenizer") or {"name": "gpt2"}, config.get("data_meta") or {}
@@ -75,7 +88,7 @@ def model_card(config: dict, num_parameters: int, results: dict | None) -> str:
         + (f"; fallback: {data['fallback_reason']}" if data.get("fallback_reason") else ""),
         f"- {config.get('steps_done')} steps of {config['train']['batch_size']} x {config['train']['seq_len']} tokens, "
         f"AdamW lr {config['train']['lr']}, device {config.get('device')} ({config.get('dtype')})",
-        *schedule_change_lines(config), "",
+        *init_lines(config), *schedule_change_lines(config), "",
         "## Results", "",
     ]
     if results:
@@ -127,7 +140,8 @@ def export_run(run_dir, out_dir, results_dir=None, force: bool = False) -> Path:
                                    "model": config["model"], "tokenizer": tokenizer, "preset": config.get("preset"),
                                    "seed": config.get("seed"), "train": config.get("train"),
                                    "data_meta": config.get("data_meta"), "num_parameters": model.num_parameters(),
-                                   "schedule_changes": config.get("schedule_changes") or []})
+                                   "schedule_changes": config.get("schedule_changes") or [],
+                                   "init": config.get("init")})
     write_text(out / CARD_FILE, model_card(config, model.num_parameters(), _results_for(config, results_dir)))
     return out
 

@@ -41,6 +41,7 @@ from revena_lib.training.device import (DTYPES, DeviceError, autocast, autocast_
                                         dtype_name, init_distributed, is_main_process, needs_grad_scaler, rank,
                                         select_device, world_size)
 from revena_lib.training.runs import run_dir
+from revena_lib.training.trunk import apply_init, describe_init, plan_init
 
 # config.json's "started_by" of a run started by a person (the CLI, or train() called directly). Runs the pipeline
 # starts itself name their caller instead (launch.train_arms, reservoir_analysis.reservoir_run), and only those are
@@ -215,7 +216,7 @@ def _start_wandb(run_path: Path, name: str, config: dict):
 def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, steps: int | None = None,
           out_dir=None, resume: bool = False, wandb: bool = False, progress: bool = True, device=None,
           force: bool = False, stop_at: int | None = None, with_ltm: bool | None = None,
-          started_by: str = BY_HAND) -> Path:
+          started_by: str = BY_HAND, init_from: str | None = None) -> Path:
     """Train one arm (a name from ``revena_lib/arms.py``); returns the run directory.
 
     with_ltm: the brief's spelling (True -> arm "with_ltm", False -> "baseline"); overrides ``arm``.
@@ -232,8 +233,39 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
         notebooks and run_all.py call). An automatic caller resumes (implies ``resume``) a run an automatic caller
         started, so re-running an interrupted pipeline continues it exactly; a run started by hand it reuses only
         when finished, and otherwise refuses it with the command that continues it, as ``train()`` does.
+    init_from: where a fresh run's weights start (overrides the preset's ``TrainConfig.init_from``): "" random,
+        "trunk" this preset and seed's shipped trunk, else a trunk directory (``training/trunk.py``). A resumed run
+        continues its own checkpoint and never reloads a trunk. Recorded in config.json (``init``). TrunkError
+        (a TrainError) at once if the trunk is missing, corrupt or does not fit the arm.
     Ctrl-C / SIGTERM: saves a checkpoint and raises TrainingInterrupted.
     """
+    from revena_lib.data.splits import load_meta
+
+    preset, arm, seed = _requested_preset(preset, arm, seed, steps, with_ltm, init_from)
+    meta = load_meta()
+    tokenizer = tokenizer_info(meta)
+    preset.model.vocab_size = int(tokenizer["vocab_size"])   # the model's vocabulary is the data's tokenizer's
+    out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
+    if started_by != BY_HAND:
+        _check_automatic(out, preset, arm, seed, steps, force)
+        resume = True
+    state = _resume_state(out, preset, seed, steps, resume, force, tokenizer)
+    if state == "finished":
+        return out
+    init = None if state else plan_init(preset, seed, meta)   # the trunk is read (and checked) before any work
+
+    device = select_device(device)
+    distributed = init_distributed(device)
+    try:
+        run = _setup_run(preset, arm, seed, out, state, device, distributed, started_by, init)
+        return _train_loop(run, wandb, progress, stop_at)
+    finally:
+        if distributed:
+            cleanup_distributed()
+
+
+def _requested_preset(preset: str | Preset, arm: str, seed, steps, with_ltm, init_from) -> tuple[Preset, str, int]:
+    """(the arm's preset with seed, steps and init_from set, the arm, the seed), refusing a bad seed or steps."""
     if with_ltm is not None:
         arm = "with_ltm" if with_ltm else BASELINE
     preset = arm_preset(preset, arm)
@@ -244,26 +276,10 @@ def train(preset: str | Preset, arm: str = BASELINE, seed: int | None = None, st
         raise TrainError(f"--steps must be >= 0 (got {steps}; 0 = the preset's default)")
     if steps:
         preset.train.steps = int(steps)
+    if init_from is not None:
+        preset.train.init_from = str(init_from)
     preset.train.seed = seed
-    from revena_lib.data.splits import load_meta
-    tokenizer = tokenizer_info(load_meta())
-    preset.model.vocab_size = int(tokenizer["vocab_size"])   # the model's vocabulary is the data's tokenizer's
-    out = Path(out_dir) if out_dir else run_dir(arm, seed, preset=preset.name)
-    if started_by != BY_HAND:
-        _check_automatic(out, preset, arm, seed, steps, force)
-        resume = True
-    state = _resume_state(out, preset, seed, steps, resume, force, tokenizer)
-    if state == "finished":
-        return out
-
-    device = select_device(device)
-    distributed = init_distributed(device)
-    try:
-        run = _setup_run(preset, arm, seed, out, state, device, distributed, started_by)
-        return _train_loop(run, wandb, progress, stop_at)
-    finally:
-        if distributed:
-            cleanup_distributed()
+    return preset, arm, seed
 
 
 def _resume_state(out: Path, preset: Preset, seed: int, steps, resume: bool, force: bool, tokenizer: dict):
@@ -356,6 +372,7 @@ class _Run:
     config: dict                           # config.json's content
     started_by: str = BY_HAND              # "hand", or the automatic caller that started the run
     schedule_changes: list = field(default_factory=list)   # [{at_step, from_steps, to_steps}] from resumes
+    init: dict | None = None               # where the weights started (training/trunk.py plan_init); None: not recorded
     start_step: int = 0
     train_seconds: float = 0.0
     accumulator: dict = field(default_factory=lambda: _empty_accumulator())
@@ -374,8 +391,9 @@ class _Run:
 
 
 def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, distributed,
-               started_by: str = BY_HAND) -> _Run:
-    """Data, model, optimizer (restored from ``state`` when resuming) and the run's files."""
+               started_by: str = BY_HAND, init=None) -> _Run:
+    """Data, model (from a trunk when ``init``, plan_init's plan, says so), optimizer (all restored from ``state``
+    when resuming) and the run's files."""
     from revena_lib.data.splits import load_split
     from revena_lib.models import build_model
 
@@ -388,17 +406,21 @@ def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, di
 
     torch.manual_seed(seed)  # same initial weights for every arm wherever their shapes coincide
     model = build_model(preset.model).to(device)
+    started = apply_init(model, *init) if init else None   # a fresh run only: a resumed one loads its checkpoint
     optimizer = make_optimizer(model, cfg, device)
     dtype = DTYPES[state["dtype"]] if state else autocast_dtype(device)  # a resumed run keeps its dtype
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, dtype) else None
     run = _Run(preset, arm, seed, out, device, dtype, distributed, model,
                torch.nn.parallel.DistributedDataParallel(model) if distributed else model, optimizer, scaler,
                train_split, validation_batches(val_split, cfg), characters_per_token(val_split), config={},
-               started_by=started_by)
+               started_by=started_by, init=started)
+    if started and is_main_process() and describe_init(started):
+        print(f"revena: {arm} seed {seed}: {describe_init(started)}", file=sys.stderr)
     if state:
         # Who started a run stays recorded when anyone resumes it (runs from before this field: by hand).
         run.started_by = state["config"].get("started_by") or _config_field(out, "started_by") or BY_HAND
         run.schedule_changes = list(state["config"].get("schedule_changes") or [])
+        run.init = state["config"].get("init") or _config_field(out, "init")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
@@ -423,7 +445,7 @@ def _write_run_files(run: _Run, fresh: bool) -> None:
         "world_size": world_size(), "num_parameters": run.model.num_parameters(),
         "val_characters_per_token": run.chars_per_token,
         "unigram_bpc": None, "finished": False, "steps_done": run.start_step, "train_seconds": run.train_seconds,
-        "started_by": run.started_by, "schedule_changes": run.schedule_changes,
+        "started_by": run.started_by, "schedule_changes": run.schedule_changes, "init": run.init,
     }
     if not is_main_process():
         return
@@ -452,7 +474,7 @@ def _save(run: _Run, steps_done: int, finished: bool) -> None:
         "step": steps_done, "seed": run.seed, "arm": run.arm, "dtype": dtype_name(run.dtype),
         "config": {"model": run.config["model"], "train": run.config["train"], "data": run.config["data"],
                    "tokenizer": run.config["tokenizer"], "started_by": run.started_by,
-                   "schedule_changes": run.schedule_changes},
+                   "schedule_changes": run.schedule_changes, "init": run.init},
         "rng": _rng_state(), "accumulator": dict(run.accumulator), "train_seconds": run.train_seconds,
     })
     ckpt.write_json(run.out / ckpt.CONFIG_FILE, {**run.config, "finished": finished, "steps_done": steps_done,
@@ -631,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "to it and follows the new total's after it, so the weights differ from a fresh run of "
                              "the new total); training prints this and records it in config.json (schedule_changes)")
     parser.add_argument("--out", default=None, help="run directory (default: trained/<arm>/<preset>/seed-<seed>)")
+    parser.add_argument("--init-from", default=None, metavar="SOURCE",
+                        help="where a fresh run's weights start (default: the preset's init_from, '' in every preset "
+                             "today): '' random initialisation; 'trunk' the pretrained trunk of this preset and seed "
+                             "(trunks/<preset>/seed-<seed>/, built by make pretrain); or a trunk directory. Only "
+                             "transformer arms load it; reservoir and recursive arms start random and say why. A "
+                             "resumed run continues its own checkpoint")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the run directory exactly where its checkpoint stopped; "
                              "a finished run is left as is; with no checkpoint, start fresh")
@@ -676,7 +704,7 @@ def main(argv=None) -> None:
         arm = "with_ltm" if args.with_ltm else (args.arm or BASELINE)
         out = train(preset, arm=arm, seed=args.seed, steps=args.steps, out_dir=args.out,
                     resume=args.resume, wandb=args.wandb, progress=not args.no_progress, device=args.device,
-                    force=args.force, stop_at=args.stop_at, started_by=args.started_by)
+                    force=args.force, stop_at=args.stop_at, started_by=args.started_by, init_from=args.init_from)
     except TrainingInterrupted as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(130)
