@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 PRESET ?= cpu
 SLEEP ?=
 
-.PHONY: setup run test test-fast lab clean-artefacts
+.PHONY: setup run pretrain test test-fast lab clean-artefacts
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(PY) run_all.py --preset $(PRESET) $(if $(SLEEP),--sleep)
+
+# The pretrained trunks of a preset, one per seed (trunks/<preset>/seed-<seed>/): what the arms fine-tune from when
+# the preset's init_from is "trunk". Interrupted? The same command with --resume:
+#   $(PY) -m revena_lib.pretrain --preset $(PRESET) --resume
+pretrain: setup
+	$(PY) -m revena_lib.pretrain --preset $(PRESET)
 
 # The test command (README and CI): unit tests, the notebooks under nbval, run_all.py end to end,
 # and the JupyterLab browser test.

@@ -1,7 +1,7 @@
 """``python -m revena_lib.evaluate``: evaluate every trained arm into results/results.json.
 
 An entry point only, so that the command keeps its name: the code is ``revena_lib/evaluation/results.py``. Each of
-the five commands at the top of the package imports ``main`` from the stage that does the work
+the six commands at the top of the package imports ``main`` from the stage that does the work
 (docs/architecture.md).
 """
 

@@ -12,6 +12,9 @@
     ltm_analysis.py  LTM diagnostics: query/key cosines, the write rule swept at evaluation time
     session.py       a trained run read in calls that keep its state (STM cache, LTM, reservoir, carry)
     multiturn.py     multi-turn recall through sessions: state carried vs reset between calls
+    copying.py       the positive control: does a model copy inside its window?
+    pretrain.py      a preset's pretrained trunks trained, their positive control measured, written with their
+                     records (python -m revena_lib.pretrain)
 
     from revena_lib.evaluation.results import evaluate, verdict_lines
     print("\n".join(verdict_lines(evaluate("cpu"))))

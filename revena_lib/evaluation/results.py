@@ -224,6 +224,7 @@ def _trained_run(scored: ScoredArm, window: int) -> dict:
         "seeds": scored.seeds, "run_dirs": scored.run_dirs,
         "steps_done": [c.get("steps_done") for c in scored.configs],
         "schedule_changes": [c.get("schedule_changes") or [] for c in scored.configs],   # per seed
+        "init": [c.get("init") for c in scored.configs],   # per seed: where its weights started (training/trunk.py)
         "trained_preset": config.get("preset"), "train_device": config.get("device"),
         "train_dtype": config.get("dtype"), "window": int((config.get("model") or {}).get("window", window)),
         "trained_corpus": (config.get("data_meta") or {}).get("corpus"),
@@ -256,7 +257,31 @@ def _comparison(reference: ScoredArm, scored: ScoredArm, docs, items, window, ec
                       f"[{out['long_range_recall']['ci95'][0]:+.3f}, {out['long_range_recall']['ci95'][1]:+.3f}])"
                       + ("; recall cannot be judged: no positive control (an arm does not copy inside its window)"
                          if out["long_range_recall"]["verdict"] == stats.CANNOT_TELL else ""))
+    started = _start_note(reference, scored, against)
+    if started:
+        out["started_differently"] = started
+        out["summary"] += f"; {started}"
     return out
+
+
+def _started_from(scored: ScoredArm) -> tuple[str, str | None]:
+    """How an arm's seeds started ("trunk", "random", or "trunk and random"), and why one started random although
+    its init_from named a trunk (config.json ``init``; runs from before it: random)."""
+    inits = [c.get("init") or {} for c in scored.configs]
+    kinds = sorted({i.get("started_from", "random") for i in inits})
+    reasons = [i["reason"] for i in inits if i.get("init_from") and i.get("started_from") != "trunk" and i.get("reason")]
+    return " and ".join(kinds), (reasons[0] if reasons else None)
+
+
+def _start_note(reference: ScoredArm, scored: ScoredArm, against: str) -> str | None:
+    """A sentence when the two arms' weights started differently (a trunk vs random initialisation; the training
+    settings, init_from among them, are checked equal in arm_runs.check_arms_match): None when they started alike."""
+    (theirs, their_reason), (mine, my_reason) = _started_from(reference), _started_from(scored)
+    if theirs == mine:
+        return None
+    why = "; ".join(r for r in (their_reason, my_reason) if r)
+    return (f"the arms started differently ({against} from {theirs}, the arm from {mine}" + (f": {why}" if why else "")
+            + "), so a difference includes where their weights started")
 
 
 RECALL_KEYS = ("long_range_recall", "long_range_recall_logprob_bits", "recall_beyond_field",
