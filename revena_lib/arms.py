@@ -12,11 +12,10 @@ for the preset's training length (the full-attention arm's window).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from revena_lib.config import Preset, get_preset
+from revena_lib.config import Preset, preset_copy
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ def parse_arms(spec) -> tuple[str, ...]:
 def arm_preset(preset: str | Preset, arm: str) -> Preset:
     """A copy of ``preset`` whose model config is this arm's (family and overrides applied)."""
     spec = check_arm(arm)
-    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    preset = preset_copy(preset)
     values = {k: (preset.train.seq_len if v == "seq_len" else v) for k, v in spec.overrides.items()}
     preset.model = dataclasses.replace(preset.model, family=spec.family, **values)
     return preset

@@ -12,6 +12,7 @@ fields their row in the arm table overrides.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -147,6 +148,16 @@ class TrainConfig:
     recall_induction: float = 0.0   # and this share carries repeated spans of random tokens (an induction warm-up)
     recall_repeats: float = 0.0     # and this share repeats passages of its own natural text later in the row
     recipe: str = ""                # the copying recipe this run was trained under (training/recipes.py), if named
+    # Synthetic copying curriculum (data/synthetic.py): at this size induction forms in minutes on short rows of
+    # repeated random spans and not in 20 M tokens of text, so a run can start there and move into text gradually.
+    copy_warmup_steps: int = 0      # steps of synthetic episodes only, in rows of copy_warmup_seq_len tokens (the
+    copy_warmup_seq_len: int = 64   # same tokens per step: batch_size * seq_len / copy_warmup_seq_len rows)
+    copy_ramp_steps: int = 0        # then the synthetic share of the rows falls linearly to copy_share_end ...
+    copy_share_end: float = 0.0     # ... and stays there (0 everywhere = no synthetic rows, the default)
+    copy_vocab: int = 64            # episodes draw from the 10 digit tokens and the most frequent other tokens
+    copy_span_min: int = 4          # span lengths vary, so only the earlier occurrence's content finds the copy
+    copy_span_max: int = 16
+    copy_gap_max: int = 32          # after the warm-up, up to this many tokens between a span and its copy
     # Where a fresh run's weights start (training/trunk.py): "" = random initialisation; "trunk" = the shipped trunk of
     # this preset and seed (trunks/<preset>/seed-<seed>/, built by `make pretrain`); anything else = a trunk directory.
     # Only transformer-family arms can start from a trunk; the others start random and their config.json says why.
@@ -246,3 +257,8 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)} (e.g. --preset cpu)")
     return PRESETS[name]()
+
+
+def preset_copy(preset: "str | Preset") -> Preset:
+    """A preset to change freely: the named one fresh, or a deep copy of the one given."""
+    return get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)

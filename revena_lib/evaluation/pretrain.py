@@ -16,14 +16,13 @@ continues with ``--resume`` exactly like any run; a finished trunk is left as it
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
 from revena_lib.arms import BASELINE
-from revena_lib.config import PRESETS, Preset, get_preset
+from revena_lib.config import PRESETS, Preset, get_preset, preset_copy
 from revena_lib.evaluation.copying import copy_probe, positive_control
 from revena_lib.training import TrainError
 from revena_lib.training import checkpoint as ckpt
@@ -44,7 +43,7 @@ def pretrain(preset: str | Preset, seed: int, steps: int | None = None, resume: 
     distance (and induction sequences) of the positive control; fewer is faster and coarser (the tests use 2).
     Errors: TrunkError / TrainError (an existing run without ``resume``), DataError (no prepared data);
     Ctrl-C saves the run's checkpoint and raises TrainingInterrupted (continue with ``resume``)."""
-    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    preset = preset_copy(preset)
     trunk_train = trunk_preset(preset, steps)
     wanted = trunk_train.train.steps
     directory, run = trunk_dir(preset.name, seed), trunk_run_dir(preset.name, seed)

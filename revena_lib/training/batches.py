@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from revena_lib.config import TrainConfig
+from revena_lib.data.synthetic import synthetic_rows, synthetic_share
 from revena_lib.training import TrainError
 
 # Validation batches come from a fixed seed, not the run's: every run, arm and seed is scored on the same rows.
@@ -53,8 +54,36 @@ def batch_for_step(split, seed: int, step: int, batch_size: int, seq_len: int) -
 
 
 def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows (the same
-    rows for every arm: a pure function of (seed, step))."""
+    """``batch_for_step`` with the copying curriculum's facts planted in ``cfg.recall_mix`` of the rows and, under a
+    synthetic copying curriculum (``cfg.copy_*``), synthetic episodes in place of a share of the rows, or of all of
+    them in shorter rows during its warm-up (the same rows for every arm: a pure function of (seed, step))."""
+    if step < cfg.copy_warmup_steps:
+        return _warmup_batch(split, seed, step, cfg)
+    x, y = _text_batch(split, seed, step, cfg)
+    share = synthetic_share(step, cfg)
+    if share <= 0:
+        return x, y
+    pick = np.random.default_rng([seed, step, 0x5A5E]).random(x.shape[0]) < share                # (B,)
+    if pick.any():
+        rows = synthetic_rows(split, seed, step, int(pick.sum()), cfg.seq_len, cfg)            # (b, T+1)
+        x, y = x.clone(), y.clone()
+        x[pick], y[pick] = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+    return x, y
+
+
+def _warmup_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The warm-up's batch: synthetic episodes without gaps, batch_size * seq_len tokens in rows of
+    copy_warmup_seq_len (B', T') — short rows, because the time to an induction head grows with the context."""
+    T = cfg.copy_warmup_seq_len
+    if T <= 0 or (cfg.batch_size * cfg.seq_len) % T:
+        raise TrainError(f"copy_warmup_seq_len={T} must divide batch_size * seq_len = {cfg.batch_size * cfg.seq_len} "
+                         "(the warm-up keeps the tokens per step): choose a divisor such as 64")
+    rows = synthetic_rows(split, seed, step, cfg.batch_size * cfg.seq_len // T, T, cfg, gaps=False)   # (B', T'+1)
+    return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
+
+
+def _text_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Natural-text rows with the recall mix's planted facts, spans and passages."""
     x, y = batch_for_step(split, seed, step, cfg.batch_size, cfg.seq_len)
     if cfg.recall_mix <= 0 and cfg.recall_induction <= 0 and cfg.recall_repeats <= 0:
         return x, y

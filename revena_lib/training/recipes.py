@@ -14,11 +14,10 @@ the budgets this machine allows; the rows stay so that a longer run, or a GPU, c
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from revena_lib.config import Preset, get_preset
+from revena_lib.config import Preset, preset_copy
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,16 @@ RECIPES: dict[str, Recipe] = {
                                 "with them and was still forming at step 700 without",
                                 {**_LANDED, "seq_len": 128, "batch_size": 16, "recall_mix": 0.3,
                                  "recall_facts_per_row": 2, "recall_induction": 0.4}, {"smear_key": True}),
+    "copy_curriculum": Recipe("synthetic copying first, then a gradual move into text (data/synthetic.py): 700 steps "
+                              "of episodes (a span of 4-16 tokens over the digits and the 54 most frequent tokens, "
+                              "then its copy) in 32 x 64-token rows, where an induction head forms; then short_dense's "
+                              "16 x 128 text rows, the episodes' share (now with gaps of up to 96 tokens) falling "
+                              "from all rows to 0.3 over 800 steps; smeared keys; lr 1e-3",
+                              {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_mix": 0.3,
+                               "recall_facts_per_row": 2, "recall_induction": 0.4, "copy_warmup_steps": 700,
+                               "copy_warmup_seq_len": 64, "copy_ramp_steps": 800, "copy_share_end": 0.3,
+                               "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96},
+                              {"smear_key": True}),
 }
 
 
@@ -69,7 +78,7 @@ def check_recipe(name: str) -> Recipe:
 def apply_recipe(preset: str | Preset, name: str) -> Preset:
     """A copy of ``preset`` with the recipe's training and model fields set."""
     recipe = check_recipe(name)
-    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    preset = preset_copy(preset)
     preset.train = dataclasses.replace(preset.train, **recipe.train, recipe=name)
     preset.model = dataclasses.replace(preset.model, **recipe.model)
     return preset

@@ -20,14 +20,13 @@ initialisation and their run records why.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 from pathlib import Path
 
 import torch
 
-from revena_lib.config import PRESETS, ModelConfig, Preset, get_preset
+from revena_lib.config import ModelConfig, PRESETS, Preset, preset_copy
 from revena_lib.paths import artefact_root, atomic_write, file_sha256, trained_dir, trunks_dir
 from revena_lib.training import TrainError
 from revena_lib.training.checkpoint import write_json
@@ -86,7 +85,7 @@ def display_path(path) -> str:
 def trunk_preset(preset: str | Preset, steps: int | None = None) -> Preset:
     """The preset a trunk trains under: the preset's pretrain recipe applied (if named), ``steps`` (default: the
     pretrain config's, else the preset's train.steps), and a random start (a trunk never starts from a trunk)."""
-    preset = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(preset)
+    preset = preset_copy(preset)
     recipe = preset.pretrain.recipe
     preset = apply_recipe(preset, recipe) if recipe else preset
     preset.train.steps = int(steps or preset.pretrain.steps or preset.train.steps)
