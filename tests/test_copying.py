@@ -140,3 +140,16 @@ def test_repeated_passages_are_the_rows_own_text_written_twice(smoke_data):
     same = plant_facts(rows, seed=3, step=7, share=0.5, facts_per_row=2, tokenizer=tok, induction_share=0.2,
                        repeats_share=0.0)
     assert (landed == same).all()
+
+
+def test_planted_numbers_take_the_lengths_asked_for_and_never_evaluations_five_digits(smoke_data):
+    from revena_lib.data.recall_mix import _fact_tokens, plant_facts
+    from revena_lib.data.splits import load_split
+
+    tok = load_split("train").tokenizer
+    rng = np.random.default_rng(0)
+    lengths = {sum(c.isdigit() for c in tok.decode(_fact_tokens(rng, tok, (2, 6, 8))[1])) for _ in range(60)}
+    assert lengths == {2, 6, 8}
+    rows = np.zeros((2, 129), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"recall_fact_digits=\(4, 5\): .* never 5 digits"):
+        plant_facts(rows, seed=1, step=0, share=1.0, facts_per_row=1, tokenizer=tok, digits=(4, 5))

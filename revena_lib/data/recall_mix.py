@@ -34,16 +34,16 @@ TEMPLATES = (" The code of {name} is", " {name}'s number is", " The locker of {n
              " The room of {name} is number")
 NAMES = ("Harbor", "Mr. Alden", "the Treasury", "Lincoln Street", "Ms. Carver", "the depot", "General Ward",
          "Maple Avenue", "the fleet", "Dr. Olsen", "the archive", "Judge Perry", "the mill", "Captain Reyes")
-DIGITS = (3, 4)          # answer lengths in digits (evaluation uses 5)
+DIGITS = (3, 4)          # answer lengths in digits, by default (TrainConfig.recall_fact_digits; evaluation uses 5)
 MIN_DISTANCE = 8         # tokens between the end of the fact and its question
 PASSAGE_TOKENS = (8, 48) # length of a repeated passage of the row's own text (recall_repeats)
 
 
-def _fact_tokens(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:
-    """(cue tokens, answer tokens) of one random training fact."""
+def _fact_tokens(rng: np.random.Generator, tokenizer, digits=DIGITS) -> tuple[list[int], list[int]]:
+    """(cue tokens, answer tokens) of one random training fact whose number has one of ``digits`` digits."""
     template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
     name = NAMES[int(rng.integers(len(NAMES)))]
-    n_digits = DIGITS[int(rng.integers(len(DIGITS)))]
+    n_digits = int(digits[int(rng.integers(len(digits)))])
     number = "".join(str(int(d)) for d in rng.integers(0, 10, n_digits))
     cue = encode_text(tokenizer, template.format(name=name))
     return cue, encode_text(tokenizer, f" {number}.")
@@ -66,7 +66,7 @@ def _passage(rng: np.random.Generator, row: np.ndarray) -> tuple[list[int], list
 
 
 def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
-              random_spans: bool = False, passages: bool = False) -> np.ndarray:
+              random_spans: bool = False, passages: bool = False, digits=DIGITS) -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
     A pair is a training fact, or (``random_spans``) a span of random tokens, or (``passages``) a passage of the row's
@@ -82,7 +82,7 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
         if passages:
             cue, answer = _passage(rng, original)
         else:
-            cue, answer = _random_span(rng, tokenizer) if random_spans else _fact_tokens(rng, tokenizer)
+            cue, answer = _random_span(rng, tokenizer) if random_spans else _fact_tokens(rng, tokenizer, digits)
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
         n = len(piece)
         longest = T - 1 - 2 * n
@@ -102,18 +102,21 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
 
 
 def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
-                induction_share: float = 0.0, repeats_share: float = 0.0) -> np.ndarray:
+                induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS) -> np.ndarray:
     """Plant facts in a ``share`` of the batch's rows (B, T+1), repeated random-token spans in another
     ``induction_share``, and repeated passages of the row's own text in another ``repeats_share``; deterministic per
     (seed, step, row). A zero share draws nothing, so adding one leaves the other rows as they were."""
     if share <= 0 and induction_share <= 0 and repeats_share <= 0:
         return rows
+    if 5 in digits or not digits or min(digits) < 1:
+        raise ValueError(f"recall_fact_digits={tuple(digits)}: training facts need lengths >= 1 and never 5 digits, "
+                         "the length of evaluation's pass keys (a model must copy them, not know their length)")
     out = rows.copy()
     for b in range(rows.shape[0]):
         rng = np.random.default_rng([seed, step, b, 0x5EED])
         draw = rng.random()
         if draw < share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits)
         elif draw < share + induction_share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True)
         elif draw < share + induction_share + repeats_share:

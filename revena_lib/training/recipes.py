@@ -62,6 +62,14 @@ RECIPES: dict[str, Recipe] = {
                                "copy_warmup_seq_len": 64, "copy_ramp_steps": 800, "copy_share_end": 0.3,
                                "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96},
                               {"smear_key": True}),
+    "copy_lengths": Recipe("copy_curriculum with planted numbers of 2, 3, 4, 6, 7 or 8 digits instead of 3 or 4: "
+                           "under copy_curriculum the model copied the first 3-4 digits of 5-digit pass keys, then "
+                           "wrote a period, the length the training facts had taught it",
+                           {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_mix": 0.3,
+                            "recall_facts_per_row": 2, "recall_induction": 0.4, "copy_warmup_steps": 700,
+                            "copy_warmup_seq_len": 64, "copy_ramp_steps": 800, "copy_share_end": 0.3,
+                            "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96,
+                            "recall_fact_digits": (2, 3, 4, 6, 7, 8)}, {"smear_key": True}),
 }
 
 
