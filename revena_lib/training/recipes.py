@@ -31,6 +31,13 @@ class Recipe:
 _LANDED = {"seq_len": 1024, "batch_size": 2, "lr": 3e-3, "warmup_steps": 50, "recall_mix": 0.5,
            "recall_facts_per_row": 8, "recall_induction": 0.2, "recall_repeats": 0.0}
 
+# The synthetic copying curriculum (data/synthetic.py) in short_dense's rows, and the variants measured from it.
+_CURRICULUM = {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_mix": 0.3, "recall_facts_per_row": 2,
+               "recall_induction": 0.4, "copy_warmup_steps": 700, "copy_warmup_seq_len": 64, "copy_ramp_steps": 800,
+               "copy_share_end": 0.3, "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96}
+_LENGTHS = (2, 3, 4, 6, 7, 8)    # planted numbers' digits: every length but evaluation's 5
+_REPEATS = {**_CURRICULUM, "recall_fact_digits": _LENGTHS, "recall_induction": 0.2, "recall_repeats": 0.4}
+
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
                      "again, a fifth with repeated random-token spans", dict(_LANDED)),
@@ -56,20 +63,20 @@ RECIPES: dict[str, Recipe] = {
                               "of episodes (a span of 4-16 tokens over the digits and the 54 most frequent tokens, "
                               "then its copy) in 32 x 64-token rows, where an induction head forms; then short_dense's "
                               "16 x 128 text rows, the episodes' share (now with gaps of up to 96 tokens) falling "
-                              "from all rows to 0.3 over 800 steps; smeared keys; lr 1e-3",
-                              {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_mix": 0.3,
-                               "recall_facts_per_row": 2, "recall_induction": 0.4, "copy_warmup_steps": 700,
-                               "copy_warmup_seq_len": 64, "copy_ramp_steps": 800, "copy_share_end": 0.3,
-                               "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96},
+                              "from all rows to 0.3 over 800 steps; smeared keys; lr 1e-3", dict(_CURRICULUM),
                               {"smear_key": True}),
     "copy_lengths": Recipe("copy_curriculum with planted numbers of 2, 3, 4, 6, 7 or 8 digits instead of 3 or 4: "
                            "under copy_curriculum the model copied the first 3-4 digits of 5-digit pass keys, then "
                            "wrote a period, the length the training facts had taught it",
-                           {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_mix": 0.3,
-                            "recall_facts_per_row": 2, "recall_induction": 0.4, "copy_warmup_steps": 700,
-                            "copy_warmup_seq_len": 64, "copy_ramp_steps": 800, "copy_share_end": 0.3,
-                            "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96,
-                            "recall_fact_digits": (2, 3, 4, 6, 7, 8)}, {"smear_key": True}),
+                           {**_CURRICULUM, "recall_fact_digits": _LENGTHS}, {"smear_key": True}),
+    "copy_repeats": Recipe("copy_lengths with four rows in ten repeating passages of their own text (8-48 tokens) "
+                           "and two, not four, carrying random spans: under copy_lengths the digits of a pass key were "
+                           "copied but its first token lost to the text's prior (' is' -> ' not', ' a'), which only "
+                           "matching the longer prefix (' pass key is') overrides; repeated passages of text need that",
+                           dict(_REPEATS), {"smear_key": True}),
+    "copy_repeats_half": Recipe("copy_repeats keeping half the rows synthetic episodes after the ramp, not 0.3: under "
+                                "copy_lengths pass keys were best at the ramp's end and fell as text took over",
+                                {**_REPEATS, "copy_share_end": 0.5}, {"smear_key": True}),
 }
 
 
