@@ -89,3 +89,22 @@ def test_a_warmup_row_length_that_does_not_divide_the_step_is_refused(train_spli
     cfg = TrainConfig(**{**CURRICULUM, "copy_warmup_seq_len": 100})
     with pytest.raises(TrainError, match="copy_warmup_seq_len=100 must divide batch_size \\* seq_len = 512"):
         training_batch(train_split, 7, 0, cfg)
+
+
+def test_a_curriculum_recipe_trains_through_warmup_ramp_and_text(smoke_data, tmp_path):
+    """The warm-up's batches have another shape (more, shorter rows); the loop trains through all three phases."""
+    import json
+
+    from revena_lib.training.loop import train
+    from revena_lib.training.recipes import apply_recipe
+
+    preset = apply_recipe("smoke", "copy_repeats")
+    preset.train = dataclasses.replace(preset.train, steps=6, batch_size=4, copy_warmup_steps=2, copy_ramp_steps=2,
+                                       eval_interval=3, log_interval=1)
+    assert preset.model.smear_key
+    out = train(preset, steps=6, out_dir=tmp_path / "run", progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["finished"] and config["train"]["recipe"] == "copy_repeats"
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) >= 6 and all(np.isfinite(losses))
