@@ -156,6 +156,8 @@ class TrainConfig:
     copy_ramp_steps: int = 0        # then the synthetic share of the rows falls linearly to copy_share_end ...
     copy_share_end: float = 0.0     # ... and stays there (0 everywhere = no synthetic rows, the default)
     copy_vocab: int = 64            # episodes draw from the 10 digit tokens and the most frequent other tokens
+    copy_vocab_after: int = 0       # after the warm-up, from this many instead (0 = copy_vocab): a small one repeats
+                                    # tokens within a span, so only a longer prefix than one token finds the copy
     copy_span_min: int = 4          # span lengths vary, so only the earlier occurrence's content finds the copy
     copy_span_max: int = 16
     copy_gap_max: int = 32          # after the warm-up, up to this many tokens between a span and its copy

@@ -108,3 +108,12 @@ def test_a_curriculum_recipe_trains_through_warmup_ramp_and_text(smoke_data, tmp
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert len(losses) >= 6 and all(np.isfinite(losses))
+
+
+def test_after_the_warmup_episodes_can_draw_from_a_smaller_vocabulary(train_split):
+    cfg = TrainConfig(**{**CURRICULUM, "copy_vocab_after": 12, "copy_share_end": 1.0})
+    small = set(copy_vocabulary(train_split, 12).tolist())
+    warm, _ = training_batch(train_split, 7, 0, cfg)
+    assert not set(warm.flatten().tolist()) <= small                 # the warm-up keeps its 24 tokens
+    after, _ = training_batch(train_split, 7, 9, cfg)                # every row an episode (share 1)
+    assert set(after.flatten().tolist()) <= small

@@ -59,9 +59,10 @@ def episode_row(rng: np.random.Generator, vocab: np.ndarray, length: int, span: 
 
 
 def synthetic_rows(split, seed: int, step: int, n_rows: int, seq_len: int, cfg, gaps: bool = True) -> np.ndarray:
-    """(n_rows, seq_len + 1) rows of episodes over ``copy_vocabulary(split, cfg.copy_vocab)``; deterministic per
-    (seed, step). ``gaps=False`` puts each copy right after its span (the warm-up's episodes)."""
-    vocab = copy_vocabulary(split, cfg.copy_vocab)
+    """(n_rows, seq_len + 1) rows of episodes over ``copy_vocabulary(split, cfg.copy_vocab)`` (after the warm-up:
+    ``copy_vocab_after`` when set); deterministic per (seed, step). ``gaps=False`` puts each copy right after its span
+    (the warm-up's episodes)."""
+    vocab = copy_vocabulary(split, cfg.copy_vocab_after if gaps and cfg.copy_vocab_after else cfg.copy_vocab)
     rng = np.random.default_rng([seed, step, 0xC0B1])
     span, gap_max = (cfg.copy_span_min, cfg.copy_span_max), cfg.copy_gap_max if gaps else 0
     return np.stack([episode_row(rng, vocab, seq_len + 1, span, gap_max) for _ in range(n_rows)])

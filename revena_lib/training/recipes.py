@@ -77,6 +77,11 @@ RECIPES: dict[str, Recipe] = {
     "copy_repeats_half": Recipe("copy_repeats keeping half the rows synthetic episodes after the ramp, not 0.3: under "
                                 "copy_lengths pass keys were best at the ramp's end and fell as text took over",
                                 {**_REPEATS, "copy_share_end": 0.5}, {"smear_key": True}),
+    "copy_digits": Recipe("copy_repeats with episodes over the 10 digits and the 6 most frequent tokens after the "
+                          "warm-up: under copy_repeats, pass keys with a repeated digit were copied wrong (66825 -> "
+                          "66625: the token after the digit's first occurrence) and ' is' was followed by ' number' "
+                          "(a training template's); both need matching more than one token back, and a span over 16 "
+                          "tokens repeats its tokens", {**_REPEATS, "copy_vocab_after": 16}, {"smear_key": True}),
 }
 
 
