@@ -80,7 +80,9 @@ def test_every_preset_starts_random_and_smoke_has_a_tiny_pretrain():
         assert get_preset(name).train.init_from == ""
     smoke = get_preset("smoke")
     assert smoke.pretrain.steps == 4 and smoke.pretrain.recipe == ""
-    assert trunk_preset("smoke").train.steps == 4 and trunk_preset("cpu").train.steps == get_preset("cpu").train.steps
+    assert trunk_preset("smoke").train.steps == 4 and trunk_preset("smoke").train.seq_len == smoke.train.seq_len
+    cpu = trunk_preset("cpu")                                  # the cpu trunk: its PretrainConfig's recipe and steps
+    assert (cpu.train.recipe, cpu.train.steps) == (get_preset("cpu").pretrain.recipe, get_preset("cpu").pretrain.steps)
     with_recipe = get_preset("cpu")
     with_recipe.pretrain.recipe, with_recipe.train.init_from = "short_dense_smear", "trunk"
     trunk_cfg = trunk_preset(with_recipe, steps=50)
