@@ -13,7 +13,7 @@ of every recall test) and the most frequent other tokens of the training split. 
     span            gap                  copy             span     gap  copy
     7| the| 3| of|  ,| 1| and| the| 9|   7| the| 3| of|  .| 4| a|  |    .| 4| a| ...
 
-    rows = synthetic_rows(split, seed=1337, step=0, n_rows=32, seq_len=64, cfg=preset.train, gaps=False)  # (32, 65)
+    rows = synthetic_rows(split, seed=1337, step=0, n_rows=32, seq_len=64, cfg=preset.train, warmup=True)  # (32, 65)
 """
 
 from __future__ import annotations
@@ -58,13 +58,14 @@ def episode_row(rng: np.random.Generator, vocab: np.ndarray, length: int, span: 
     return out
 
 
-def synthetic_rows(split, seed: int, step: int, n_rows: int, seq_len: int, cfg, gaps: bool = True) -> np.ndarray:
-    """(n_rows, seq_len + 1) rows of episodes over ``copy_vocabulary(split, cfg.copy_vocab)`` (after the warm-up:
-    ``copy_vocab_after`` when set); deterministic per (seed, step). ``gaps=False`` puts each copy right after its span
-    (the warm-up's episodes)."""
-    vocab = copy_vocabulary(split, cfg.copy_vocab_after if gaps and cfg.copy_vocab_after else cfg.copy_vocab)
+def synthetic_rows(split, seed: int, step: int, n_rows: int, seq_len: int, cfg, warmup: bool = False) -> np.ndarray:
+    """(n_rows, seq_len + 1) rows of episodes, deterministic per (seed, step). ``warmup``: the warm-up's episodes,
+    each copy right after its span, over ``copy_vocabulary(split, cfg.copy_vocab)``; otherwise gaps of up to
+    ``copy_gap_max`` tokens, over ``copy_vocab_after`` tokens when it is set."""
+    size = cfg.copy_vocab if warmup or not cfg.copy_vocab_after else cfg.copy_vocab_after
+    vocab = copy_vocabulary(split, size)
     rng = np.random.default_rng([seed, step, 0xC0B1])
-    span, gap_max = (cfg.copy_span_min, cfg.copy_span_max), cfg.copy_gap_max if gaps else 0
+    span, gap_max = (cfg.copy_span_min, cfg.copy_span_max), 0 if warmup else cfg.copy_gap_max
     return np.stack([episode_row(rng, vocab, seq_len + 1, span, gap_max) for _ in range(n_rows)])
 
 

@@ -16,7 +16,6 @@ continues with ``--resume`` exactly like any run; a finished trunk is left as it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from revena_lib.evaluation.copying import copy_probe, positive_control
 from revena_lib.training import TrainError
 from revena_lib.training import checkpoint as ckpt
 from revena_lib.training.loop import train
+from revena_lib.training.runs import read_metrics
 from revena_lib.training.trunk import (RECORD_FILE, TRUNK_FILE, TrunkError, display_path, load_trunk,
                                        rebuild_command, save_trunk, trunk_dir, trunk_preset, trunk_run_dir)
 
@@ -79,8 +79,8 @@ def _trunk_is_done(directory: Path, wanted: int, resume: bool) -> bool:
 
 def _run_finished(run: Path, wanted: int) -> bool:
     try:
-        config = json.loads((run / ckpt.CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        config = ckpt.read_config(run)
+    except ckpt.CheckpointError:   # no run there yet, or an unreadable one: train it
         return False
     return bool(config.get("finished")) and config.get("steps_done") == wanted and (run / ckpt.CHECKPOINT_FILE).exists()
 
@@ -126,10 +126,9 @@ def positive_control_summary(probe: dict, seed: int, threshold: float) -> dict:
 
 def _final_val_bpc(run: Path) -> float | None:
     """The last validation BPC of the run's metrics.jsonl."""
-    values = [json.loads(line).get("val_bpc") for line in (run / ckpt.METRICS_FILE).read_text().splitlines()
-              if line.strip()]
-    values = [v for v in values if v is not None]
-    return values[-1] if values else None
+    metrics = read_metrics(run)
+    values = metrics["val_bpc"].dropna() if "val_bpc" in metrics else ()
+    return float(values.iloc[-1]) if len(values) else None
 
 
 def trunk_record(preset: Preset, seed: int, run: Path, config: dict, meta: dict, control: dict) -> dict:

@@ -78,7 +78,7 @@ def _warmup_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.
     if T <= 0 or (cfg.batch_size * cfg.seq_len) % T:
         raise TrainError(f"copy_warmup_seq_len={T} must divide batch_size * seq_len = {cfg.batch_size * cfg.seq_len} "
                          "(the warm-up keeps the tokens per step): choose a divisor such as 64")
-    rows = synthetic_rows(split, seed, step, cfg.batch_size * cfg.seq_len // T, T, cfg, gaps=False)   # (B', T'+1)
+    rows = synthetic_rows(split, seed, step, cfg.batch_size * cfg.seq_len // T, T, cfg, warmup=True)   # (B', T'+1)
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 

@@ -414,8 +414,9 @@ def _setup_run(preset: Preset, arm: str, seed: int, out: Path, state, device, di
                torch.nn.parallel.DistributedDataParallel(model) if distributed else model, optimizer, scaler,
                train_split, validation_batches(val_split, cfg), characters_per_token(val_split), config={},
                started_by=started_by, init=started)
-    if started and is_main_process() and describe_init(started):
-        print(f"revena: {arm} seed {seed}: {describe_init(started)}", file=sys.stderr)
+    line = describe_init(started)
+    if line and is_main_process():
+        print(f"revena: {arm} seed {seed}: {line}", file=sys.stderr)
     if state:
         # Who started a run stays recorded when anyone resumes it (runs from before this field: by hand).
         run.started_by = state["config"].get("started_by") or _config_field(out, "started_by") or BY_HAND

@@ -21,6 +21,7 @@ initialisation and their run records why.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -120,8 +121,6 @@ def _guess_hint(directory: Path, record: dict | None) -> str:
 
 
 def _read_record(directory: Path) -> dict:
-    import json
-
     path = directory / RECORD_FILE
     if not directory.is_dir() or not (path.exists() or (directory / TRUNK_FILE).exists()):
         raise TrunkError(f"no trunk at {directory}; run {_guess_hint(directory, None)}")
