@@ -42,6 +42,11 @@ class ModelConfig:
                                     # a k_t + (1 - a) k_(t-1), a = sigmoid of a learned logit per head, so one layer can
                                     # match "the token before this key" and an induction head needs no second layer.
                                     # Off in paper (the brief's model); recipes turn it on (training/recipes.py)
+    qk_conv: int = 0                # an aid to copying past an ambiguous token (0 = off): with n, each key becomes a
+                                    # per-channel mix of k_t .. k_(t-n) and each query adds learned multiples of
+                                    # k_(t-1) .. k_(t-n+1), so one head can match the n tokens before a key (a short
+                                    # convolution, as H3's shift SSM and Based's short conv). With one token
+                                    # (smear_key), "66825" is copied "66625". Off in paper; not with smear_key
     dropout: float = 0.0
     # Long-term memory (the with_ltm arm sets use_ltm; revena_lib/arms.py)
     use_ltm: bool = False
@@ -87,6 +92,10 @@ class ModelConfig:
                              "into an even head size (RoPE rotates pairs of dimensions)")
         if self.window < 1 or self.chunk_size < 1:
             raise ValueError(f"ModelConfig: window={self.window} and chunk_size={self.chunk_size} must be >= 1")
+        if not 0 <= self.qk_conv < min(self.window, self.chunk_size) or (self.qk_conv and self.smear_key):
+            raise ValueError(f"ModelConfig: qk_conv={self.qk_conv} must be 0 (off) or the tokens of prefix one head "
+                             f"matches, below window and chunk_size; and not together with smear_key (qk_conv=1 is a "
+                             "smeared key per channel)")
         if not -self.n_layer <= self.ltm_layer < self.n_layer:
             raise ValueError(f"ModelConfig: ltm_layer={self.ltm_layer} must name one of the {self.n_layer} layers "
                              f"(0..{self.n_layer - 1}, or negative from the end)")

@@ -12,20 +12,25 @@ from revena_lib.evaluation.induction import repeated_spans
 from revena_lib.models import build_model
 
 
-@pytest.mark.parametrize("arm,smear_key", [("baseline", False), ("with_ltm", False), ("reservoir", False),
-                                            ("baseline", True), ("reservoir", True)])
-def test_attention_patterns_reproduce_the_models_own_attention(arm, smear_key):
-    """pattern @ v must equal what each layer's attention hands its output projection (RoPE, smeared keys, mask and
-    scale right)."""
+@pytest.mark.parametrize("arm,smear_key,qk_conv", [("baseline", False, 0), ("with_ltm", False, 0),
+                                                    ("reservoir", False, 0), ("baseline", True, 0),
+                                                    ("reservoir", True, 0), ("baseline", False, 2),
+                                                    ("with_ltm", False, 3)])
+def test_attention_patterns_reproduce_the_models_own_attention(arm, smear_key, qk_conv):
+    """pattern @ v must equal what each layer's attention hands its output projection (RoPE, smeared keys or
+    qk_conv's mixed keys and queries, mask and scale right)."""
     torch.manual_seed(0)
     cfg = arm_preset("smoke", arm).model
-    cfg.vocab_size, cfg.smear_key = 300, smear_key
+    cfg.vocab_size, cfg.smear_key, cfg.qk_conv = 300, smear_key, qk_conv
     model = build_model(cfg).eval()
     with torch.no_grad():   # sharpen the attention so a wrong mask or rotation cannot hide in near-uniform weights
         for block in model.blocks:
             block.attn.c_attn.weight.mul_(8)
             if smear_key:
                 block.attn.smear_logit.copy_(torch.linspace(-3.0, 3.0, cfg.n_head))
+            for mix in (block.attn.key_mix, block.attn.query_mix):
+                if mix is not None:
+                    mix.copy_(torch.randn(mix.shape))
     seqs = repeated_spans(300, 0, n_seqs=3, span_len=12, seed=1)                 # (3, 25)
     qkv, heads_out = [], []
     hooks = [h for b in model.blocks for h in (

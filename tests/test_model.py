@@ -55,7 +55,10 @@ def reference_logits(model: RevenaLM, idx: torch.Tensor) -> torch.Tensor:
         if cfg.smear_key:   # Olsson et al.'s smeared key: a k_t + (1 - a) k_(t-1), nothing before position 0
             a = torch.sigmoid(blk.attn.smear_logit).view(H, 1, 1)
             k = a * k + (1 - a) * torch.cat([torch.zeros_like(k[:, :, :1]), k[:, :, :-1]], dim=2)
-        scores = rope(q) @ k.transpose(-1, -2) / math.sqrt(D)
+        if cfg.qk_conv:
+            scores = qk_conv_scores(blk, rope(q), k, cfg) / math.sqrt(D)
+        else:
+            scores = rope(q) @ k.transpose(-1, -2) / math.sqrt(D)
         att = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, cfg.n_embd)
         x = x + y @ blk.attn.c_proj.weight.T
@@ -63,6 +66,27 @@ def reference_logits(model: RevenaLM, idx: torch.Tensor) -> torch.Tensor:
         x = x + F.gelu(h @ blk.mlp.c_fc.weight.T) @ blk.mlp.c_proj.weight.T
     x = F.layer_norm(x, (cfg.n_embd,), model.ln_f.weight, model.ln_f.bias)
     return x @ model.wte.weight.T
+
+
+def qk_conv_scores(blk, q, k, cfg) -> torch.Tensor:
+    """(B, H, T, T) scores q'_t . k'_s with qk_conv = n, pair by pair: k'_s = sum_l w_l k_(s-l) and q'_t = q_t +
+    sum_l u_l k_(t-l), where a key's predecessor counts only from the first position of the key block of t's chunk
+    (the P chunks before it), and nothing counts before position 0 (ModelConfig.qk_conv, Attention.smear)."""
+    B, H, T, D = q.shape
+    n, c = cfg.qk_conv, cfg.chunk_size
+    P = math.ceil((cfg.window - 1) / c)
+    pos = torch.arange(T)
+    block_start = (pos // c - P) * c                                               # (T,) per query
+    w = blk.attn.key_mix.detach()                                                  # (n+1, H, 1, D)
+    q = q.clone()
+    for lag in range(1, n):                                                        # queries: k_(t-1) .. k_(t-n+1)
+        q[:, :, lag:] += blk.attn.query_mix[lag - 1].detach() * k[:, :, :T - lag]
+    scores = torch.zeros(B, H, T, T)
+    for lag in range(n + 1):
+        k_lag = torch.cat([torch.zeros_like(k[:, :, :lag]), k[:, :, :T - lag]], dim=2) * w[lag]   # w_l k_(s-l)
+        counts = (pos[None, :] - lag >= block_start[:, None]) & (pos[None, :] - lag >= 0)       # (T, T) [t, s]
+        scores += (q @ k_lag.transpose(-1, -2)) * counts
+    return scores
 
 
 @pytest.mark.parametrize("T", [1, 7, 8, 16, 37, 64])
@@ -114,6 +138,60 @@ def test_smeared_keys_are_causal_continue_a_stream_exactly_and_are_off_by_defaul
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if "smear" not in k})
     with torch.no_grad():
         assert not torch.allclose(plain(idx).logits, base, atol=1e-3)
+
+
+def qk_convolved(n=2, seed=0, **overrides) -> RevenaLM:
+    """A tiny model with qk_conv = n whose mixing weights are random (not the smear-like start)."""
+    model = build(seed, qk_conv=n, **overrides)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for block in model.blocks:
+            for mix in (block.attn.key_mix, block.attn.query_mix):
+                if mix is not None:
+                    mix.copy_(torch.randn(mix.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("T", [7, 8, 37, 64])
+@pytest.mark.parametrize("ltm_layer", [-1, 0])
+def test_qk_conv_in_chunks_equals_the_one_pass_reference(n, T, ltm_layer):
+    """Keys mix k_t .. k_(t-n) and queries add k_(t-1) .. k_(t-n+1), across chunk boundaries and the cache."""
+    model = qk_convolved(n, n_layer=3, ltm_layer=ltm_layer)
+    idx = tokens(2, T)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx).logits, reference_logits(model, idx), atol=2e-5, rtol=1e-4)
+
+
+def test_qk_conv_is_causal_continues_a_stream_exactly_matters_and_is_off_by_default():
+    assert ModelConfig().qk_conv == 0 and get_preset("paper").model.qk_conv == 0
+    assert all(b.attn.key_mix is None and b.attn.query_mix is None for b in build().blocks)
+    model = qk_convolved(2, use_ltm=True, ltm_write_threshold_bits=0.0)
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        base = model(idx).logits
+        for t in (0, 8, 23):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % V
+            assert torch.equal(model(changed).logits[:, :t], base[:, :t]), f"logits before {t} changed"
+        first = model(idx[:, :16], state=model.new_state(2))
+        second = model(idx[:, 16:], state=first.state)
+        torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), base, rtol=1e-4, atol=1e-4)
+        three = model(idx[:, 16:21], state=first.state)                   # a partial chunk continues the same way
+        torch.testing.assert_close(three.logits, base[:, 16:21], rtol=1e-4, atol=1e-4)
+    fresh = build(qk_conv=2)   # the start: the smeared key's even mix of k_t and k_(t-1), plain queries
+    assert all(torch.equal(b.attn.key_mix[:2], torch.full_like(b.attn.key_mix[:2], 0.5)) and
+               not b.attn.key_mix[2:].any() and not b.attn.query_mix.any() for b in fresh.blocks)
+    plain = build(use_ltm=True, ltm_write_threshold_bits=0.0)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "_mix" not in k})
+    with torch.no_grad():
+        assert not torch.allclose(plain(idx).logits, base, atol=1e-3)
+
+
+@pytest.mark.parametrize("settings", [dict(qk_conv=-1), dict(qk_conv=8), dict(qk_conv=2, smear_key=True)])
+def test_qk_conv_out_of_range_or_with_smear_key_is_refused(settings):
+    with pytest.raises(ValueError, match="qk_conv"):
+        tiny(**settings)
 
 
 def test_ltm_arm_without_reads_equals_reference():

@@ -107,7 +107,8 @@ def attention_patterns(model, seqs: torch.Tensor) -> list[torch.Tensor] | None:
     for block, qkv in zip(blocks, captured):
         q, k, _ = qkv[:, :T].split(C, dim=2)                                       # (N, T, C)
         q, k = (apply_rope(x.reshape(N, T, H, D).transpose(1, 2), cos, sin) for x in (q, k))   # (N, H, T, D)
-        k = block.attn.smear(k).detach()                                           # identity without smear_key
+        q = block.attn.mix_queries(q, torch.cat([torch.zeros_like(k), k], dim=2))   # zeros before position 0
+        k = block.attn.smear(k).detach()                                 # both identity without smear_key or qk_conv
         scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~causal, float("-inf"))
         patterns.append(scores.softmax(-1))                                        # (N, H, T, T)
     return patterns

@@ -101,9 +101,9 @@ class RecursiveLM(nn.Module):
                              "(the carry is this family's memory)")
         self.cfg = cfg
         h, C = cfg.trm_width, cfg.n_embd
-        # the transformer's block, at the core's width; no smeared key: the core's keys are the carry's latents
-        # followed by the chunk's, so "the key before" the chunk's first token would be a latent, not a token
-        core_cfg = dataclasses.replace(cfg, n_embd=h, smear_key=False)
+        # the transformer's block, at the core's width; no smeared key or qk_conv: the core's keys are the carry's
+        # latents followed by the chunk's, so "the key before" the chunk's first token would be a latent, not a token
+        core_cfg = dataclasses.replace(cfg, n_embd=h, smear_key=False, qk_conv=0)
         self.n_head, self.head_dim = cfg.n_head, h // cfg.n_head
         self.wte = nn.Embedding(cfg.vocab_size, C)
         self.drop = nn.Dropout(cfg.dropout)

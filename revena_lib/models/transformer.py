@@ -121,6 +121,11 @@ def check_inputs(owner: str, idx: torch.Tensor, targets: torch.Tensor | None) ->
         raise ModelError(f"{owner}.forward: targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
 
 
+def shifted(x: torch.Tensor, lag: int) -> torch.Tensor:
+    """x (..., L, D) moved ``lag`` positions later along L: out[..., t, :] = x[..., t - lag, :], zeros before."""
+    return x if lag == 0 else F.pad(x, (0, 0, lag, 0))[..., :x.shape[-2], :]
+
+
 def empty_caches(cfg: ModelConfig, batch_size: int, device) -> list:
     """Zero K/V caches (k after RoPE, v) of every layer, each (B, H, P*c, D): the start of a stream."""
     H, D, keep = cfg.n_head, cfg.n_embd // cfg.n_head, cache_chunks(cfg) * cfg.chunk_size
@@ -141,6 +146,15 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         # the smeared key's mix logit per head (ModelConfig.smear_key); 0 starts at an even mix of k_t and k_(t-1)
         self.smear_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.smear_key else None
+        # ModelConfig.qk_conv = n: per-channel weights of k_t .. k_(t-n) in a key, and of k_(t-1) .. k_(t-n+1) added
+        # to a query; they start as the smeared key's even mix of k_t and k_(t-1), and as plain queries
+        self.key_mix = self.query_mix = None
+        if cfg.qk_conv:
+            n, shape = cfg.qk_conv, (cfg.n_head, 1, self.head_dim)
+            self.key_mix = nn.Parameter(torch.zeros(n + 1, *shape))               # (n+1, H, 1, D)
+            with torch.no_grad():
+                self.key_mix[:2] = 0.5
+            self.query_mix = nn.Parameter(torch.zeros(n - 1, *shape)) if n > 1 else None   # (n-1, H, 1, D)
 
     def project(self, x: torch.Tensor):
         """q, k, v of shape (B, H, T, D), before RoPE."""
@@ -150,16 +164,36 @@ class Attention(nn.Module):
         return (q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2))
 
     def smear(self, k: torch.Tensor) -> torch.Tensor:
-        """Smeared keys (Olsson et al. 2022, "In-context learning and induction heads", section on the smeared-key
-        architecture): k (..., H, L, D), consecutive positions along L -> a k_t + (1 - a) k_(t-1), a per head.
-        The first position has no predecessor here and mixes with zeros; callers pass the K/V cache in front, so
-        within a window the predecessor is always there (the cache's oldest key is masked for every query).
-        Identity without ``smear_key``."""
-        if self.smear_logit is None:
-            return k
-        a = torch.sigmoid(self.smear_logit).to(k.dtype).view(-1, 1, 1)      # (H, 1, 1)
-        previous = F.pad(k, (0, 0, 1, 0))[..., :-1, :]                        # k_(t-1), zeros before the first
-        return a * k + (1 - a) * previous
+        """The keys attention compares queries with: k (..., H, L, D) raw keys (after RoPE) of consecutive
+        positions along L -> keys of the same shape. Identity unless an aid to copying is on:
+
+        - ``smear_key`` (Olsson et al. 2022, "In-context learning and induction heads", the smeared-key
+          architecture): a k_t + (1 - a) k_(t-1), a per head;
+        - ``qk_conv`` = n: sum over l = 0..n of w_l * k_(t-l), w_l per head and channel (a short causal convolution;
+          Fu et al. 2023, H3's shift SSM on keys).
+
+        Positions before the first of L count as zeros. Callers pass one chunk's whole key block (the P cached chunks
+        and the chunk), so a key visible to a query has its predecessors, but for the block's oldest visible key,
+        which has fewer than qk_conv; the block is the same in every way of running, so they agree exactly."""
+        if self.smear_logit is not None:
+            a = torch.sigmoid(self.smear_logit).to(k.dtype).view(-1, 1, 1)      # (H, 1, 1)
+            return a * k + (1 - a) * shifted(k, 1)
+        if self.key_mix is not None:
+            w = self.key_mix.to(k.dtype)                                        # (n+1, H, 1, D)
+            return sum(w[lag] * shifted(k, lag) for lag in range(w.shape[0]))
+        return k
+
+    def mix_queries(self, q: torch.Tensor, k_before: torch.Tensor) -> torch.Tensor:
+        """Queries with ``qk_conv``: q_t + sum over l = 1..n-1 of u_l * k_(t-l), so a query holds the tokens before
+        its own and matches a key's prefix of n tokens. q (..., H, L, D) after RoPE; ``k_before`` (..., H, M, D) the
+        raw keys (after RoPE) of the M >= L + n - 2 positions ending with the queries' (its last L are theirs).
+        Both rotate with their positions, so q_t . k_(s-1) and k_(t-1) . k_(s-2) are read at the same offset.
+        Identity without ``qk_conv`` >= 2."""
+        if self.query_mix is None:
+            return q
+        L, M = q.shape[-2], k_before.shape[-2]
+        u = self.query_mix.to(q.dtype)                                          # (n-1, H, 1, D)
+        return q + sum(u[lag - 1] * k_before[..., M - L - lag:M - lag, :] for lag in range(1, u.shape[0] + 1))
 
     def attend(self, q, k, v, mask):
         """SDPA with a boolean mask; q (..., Lq, D), k/v (..., Lk, D), mask broadcastable to (..., Lq, Lk)."""
@@ -205,14 +239,17 @@ class Block(nn.Module):
         qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         B, H, Tp, D = q.shape
         n = Tp // chunk
-        qc = qr.reshape(B * H, n, chunk, D)
         if cache is None:   # zeros before the sequence start; the mask hides them
             cache = (kr.new_zeros(B, H, p * chunk, D), v.new_zeros(B, H, p * chunk, D))
         k_all = torch.cat([cache[0].to(kr.dtype), kr], dim=2)           # (B, H, P*c + Tp, D)
         v_all = torch.cat([cache[1].to(v.dtype), v], dim=2)
-        # keys of chunk i: chunks i-P .. i (smeared over the whole run, so each key's predecessor is its own)
-        kp, vp = self.attn.smear(k_all).reshape(B * H, p + n, chunk, D), v_all.reshape(B * H, p + n, chunk, D)
-        keys = torch.cat([kp[:, i:i + n] for i in range(p + 1)], dim=2)   # (BH, N, (P+1)c, D)
+        qc = self.attn.mix_queries(qr, k_all).reshape(B * H, n, chunk, D)
+        # keys of chunk i: chunks i-P .. i, as forward_chunk sees them (smear mixes within that block)
+        kp, vp = k_all.reshape(B, H, p + n, chunk, D), v_all.reshape(B * H, p + n, chunk, D)
+        keys = torch.cat([kp[:, :, i:i + n] for i in range(p + 1)], dim=3)        # (B, H, N, (P+1)c, D)
+        if self.attn.smear_logit is not None or self.attn.key_mix is not None:    # smear wants (..., H, L, D)
+            keys = self.attn.smear(keys.transpose(1, 2)).transpose(1, 2)
+        keys = keys.reshape(B * H, n, (p + 1) * chunk, D)                        # (BH, N, (P+1)c, D)
         vals = torch.cat([vp[:, i:i + n] for i in range(p + 1)], dim=2)
         y = self.attn.attend(qc, keys, vals, masks)                     # (BH, N, c, D)
         keep = p * chunk
@@ -232,6 +269,7 @@ class Block(nn.Module):
         qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys = torch.cat([cache[0], kr], dim=2)                          # (B, H, P*c + L, D)
         vals = torch.cat([cache[1], v], dim=2)
+        qr = self.attn.mix_queries(qr, keys)
         y = self.attn.attend(qr, self.attn.smear(keys), vals, mask)      # (B, H, L, D); the cache keeps raw keys
         x = x + self.attn.merge(y)
         x = x + self.mlp(self.ln_2(x))
