@@ -157,6 +157,10 @@ class TrainConfig:
     recall_induction: float = 0.0   # and this share carries repeated spans of random tokens (an induction warm-up)
     recall_repeats: float = 0.0     # and this share repeats passages of its own natural text later in the row
     recall_fact_digits: tuple[int, ...] = (3, 4)   # digits of a planted fact's number (never 5: evaluation's keys)
+    recall_text_cues: float = 0.0   # this share of planted facts has 3-8 tokens of the row's own text as its cue, not a
+                                    # template: a template predicts that a number follows, so its first token (' ' in
+                                    # bpe-N) is never copied, and an unseen cue (" The pass key is") gets the text's
+                                    # prior (' the', ' not') instead
     recipe: str = ""                # the copying recipe this run was trained under (training/recipes.py), if named
     # Synthetic copying curriculum (data/synthetic.py): at this size induction forms in minutes on short rows of
     # repeated random spans and not in 20 M tokens of text, so a run can start there and move into text gradually.

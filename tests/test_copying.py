@@ -158,3 +158,30 @@ def test_planted_numbers_take_the_lengths_asked_for_and_never_evaluations_five_d
     rows = np.zeros((2, 129), dtype=np.int64)
     with pytest.raises(ValueError, match=r"recall_fact_digits=\(4, 5\): .* never 5 digits"):
         plant_facts(rows, seed=1, step=0, share=1.0, facts_per_row=1, tokenizer=tok, digits=(4, 5))
+
+
+def test_text_cued_facts_are_the_rows_own_text_then_a_number_written_twice(smoke_data):
+    """recall_text_cues: a fact's cue is 3-8 tokens of the row's own text (no template says a number follows)."""
+    from revena_lib.data.recall_mix import TEMPLATES, TEXT_CUE_TOKENS, plant_facts
+    from revena_lib.data.splits import load_split
+
+    split = load_split("train")
+    tok = split.tokenizer
+    rows = np.stack([np.asarray(split.tokens[s:s + 257]) for s in (100, 2000, 5000, 9000)]).astype(np.int64)
+    planted = plant_facts(rows, seed=3, step=7, share=1.0, facts_per_row=2, tokenizer=tok, text_cues=1.0)
+    templated = plant_facts(rows, seed=3, step=7, share=1.0, facts_per_row=2, tokenizer=tok)
+    for row, new, old in zip(rows, planted, templated):
+        text = tok.decode(new.tolist())
+        assert not any(t.split("{")[0] in text for t in TEMPLATES if t.split("{")[0].strip())   # no template cue
+        assert any(t.split("{")[0] in tok.decode(old.tolist()) for t in TEMPLATES)
+        changed = np.flatnonzero(row != new)
+        runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
+        pieces = [new[r[0]:r[-1] + 1].tolist() for r in runs]
+        assert len(pieces) >= 2 and all(any(c.isdigit() for c in tok.decode(p)) for p in pieces)
+        for piece in pieces:   # each written piece (cue, ' ', digits, '.') appears twice in the row
+            n = len(piece)
+            assert sum(new[s:s + n].tolist() == piece for s in range(len(new) - n + 1)) >= 2
+        assert len(changed) <= 2 * 2 * (TEXT_CUE_TOKENS[1] + 10)
+    # off (0.0) draws nothing more: the template rows stay what they were
+    assert (plant_facts(rows, seed=3, step=7, share=1.0, facts_per_row=2, tokenizer=tok, text_cues=0.0)
+            == templated).all()

@@ -37,6 +37,7 @@ NAMES = ("Harbor", "Mr. Alden", "the Treasury", "Lincoln Street", "Ms. Carver", 
 DIGITS = (3, 4)          # answer lengths in digits, by default (TrainConfig.recall_fact_digits; evaluation uses 5)
 MIN_DISTANCE = 8         # tokens between the end of the fact and its question
 PASSAGE_TOKENS = (8, 48) # length of a repeated passage of the row's own text (recall_repeats)
+TEXT_CUE_TOKENS = (3, 8) # length of a fact's cue taken from the row's own text (recall_text_cues)
 
 
 def _fact_tokens(rng: np.random.Generator, tokenizer, digits=DIGITS) -> tuple[list[int], list[int]]:
@@ -47,6 +48,15 @@ def _fact_tokens(rng: np.random.Generator, tokenizer, digits=DIGITS) -> tuple[li
     number = "".join(str(int(d)) for d in rng.integers(0, 10, n_digits))
     cue = encode_text(tokenizer, template.format(name=name))
     return cue, encode_text(tokenizer, f" {number}.")
+
+
+def _text_cue_fact(rng: np.random.Generator, row: np.ndarray, tokenizer, digits=DIGITS) -> tuple[list[int], list[int]]:
+    """(cue, answer) of a fact whose cue is 3-8 tokens of the row's own text (e.g. "| which| we| have|") and whose
+    answer is a number, as in ``_fact_tokens``: nothing but the fact's earlier occurrence says that a number follows."""
+    n = int(rng.integers(TEXT_CUE_TOKENS[0], TEXT_CUE_TOKENS[1] + 1))
+    start = int(rng.integers(1, len(row) - n))
+    _, answer = _fact_tokens(rng, tokenizer, digits)
+    return row[start:start + n].tolist(), answer
 
 
 def _random_span(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:
@@ -66,11 +76,11 @@ def _passage(rng: np.random.Generator, row: np.ndarray) -> tuple[list[int], list
 
 
 def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
-              random_spans: bool = False, passages: bool = False, digits=DIGITS) -> np.ndarray:
+              random_spans: bool = False, passages: bool = False, digits=DIGITS, text_cues: float = 0.0) -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
-    A pair is a training fact, or (``random_spans``) a span of random tokens, or (``passages``) a passage of the row's
-    own text, written twice. Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits,
+    A pair is a training fact (with ``text_cues`` probability one whose cue is the row's own text), or
+    (``random_spans``) a span of random tokens, or (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits,
     then a start where neither of its two spans overlaps an earlier pair's (pairs may interleave); position 0 is left
     alone."""
     original = row
@@ -81,8 +91,12 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
     for _ in range(n_facts):
         if passages:
             cue, answer = _passage(rng, original)
+        elif random_spans:
+            cue, answer = _random_span(rng, tokenizer)
+        elif text_cues > 0 and rng.random() < text_cues:      # no draw at 0: the template rows stay as they were
+            cue, answer = _text_cue_fact(rng, original, tokenizer, digits)
         else:
-            cue, answer = _random_span(rng, tokenizer) if random_spans else _fact_tokens(rng, tokenizer, digits)
+            cue, answer = _fact_tokens(rng, tokenizer, digits)
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
         n = len(piece)
         longest = T - 1 - 2 * n
@@ -102,10 +116,12 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
 
 
 def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
-                induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS) -> np.ndarray:
-    """Plant facts in a ``share`` of the batch's rows (B, T+1), repeated random-token spans in another
-    ``induction_share``, and repeated passages of the row's own text in another ``repeats_share``; deterministic per
-    (seed, step, row). A zero share draws nothing, so adding one leaves the other rows as they were."""
+                induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS,
+                text_cues: float = 0.0) -> np.ndarray:
+    """Plant facts in a ``share`` of the batch's rows (B, T+1) (``text_cues`` of them with a cue of the row's own
+    text), repeated random-token spans in another ``induction_share``, and repeated passages of the row's own text in
+    another ``repeats_share``; deterministic per (seed, step, row). A zero share draws nothing, so adding one leaves
+    the other rows as they were."""
     if share <= 0 and induction_share <= 0 and repeats_share <= 0:
         return rows
     if 5 in digits or not digits or min(digits) < 1:
@@ -116,7 +132,7 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
         rng = np.random.default_rng([seed, step, b, 0x5EED])
         draw = rng.random()
         if draw < share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues)
         elif draw < share + induction_share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True)
         elif draw < share + induction_share + repeats_share:

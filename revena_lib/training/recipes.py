@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from revena_lib.config import Preset, preset_copy
+from revena_lib.config import ModelConfig, Preset, TrainConfig, preset_copy
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ _CURRICULUM = {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_
                "copy_share_end": 0.3, "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96}
 _LENGTHS = (2, 3, 4, 6, 7, 8)    # planted numbers' digits: every length but evaluation's 5
 _REPEATS = {**_CURRICULUM, "recall_fact_digits": _LENGTHS, "recall_induction": 0.2, "recall_repeats": 0.4}
+
+# Fine-tuning from a trunk trained under copy_qk: landed's long rows, the copying mix kept.
+_FINETUNE = {**_LANDED, "lr": 1e-3, "recall_fact_digits": _LENGTHS, "recall_induction": 0.0, "recall_repeats": 0.2,
+             "recall_text_cues": 0.5, "copy_share_end": 0.25, "copy_gap_max": 96, "init_from": "trunk"}
 
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
@@ -87,6 +91,31 @@ RECIPES: dict[str, Recipe] = {
                       "back; on synthetic spans over the 10 digits, copy accuracy reached 0.92 by step 900 with "
                       "qk_conv=2 and stayed at 0.76 through step 1,500 with smeared keys",
                       {**_REPEATS, "copy_share_end": 0.5}, {"qk_conv": 2}),
+    "copy_qk_digits": Recipe("copy_qk with episodes over the 10 digits and the 6 most frequent tokens after the "
+                             "warm-up (copy_digits' change, measured again now that a head can match two tokens): "
+                             "under copy_qk the pass keys still missed were those with a doubled digit (66825 -> 661..)",
+                             {**_REPEATS, "copy_share_end": 0.5, "copy_vocab_after": 16}, {"qk_conv": 2}),
+    "copy_qk_text": Recipe("copy_qk with half the planted facts cued by 3-8 tokens of the row's own text instead of "
+                           "a template: after fine-tuning copy_qk's trunks in long rows, pass keys fell to 0 while "
+                           "every digit was still copied; the first answer token (' ' in bpe-4096) went to the text's "
+                           "prior (' to', ' not'), because after a template a number always follows and that token "
+                           "is never copied", {**_REPEATS, "copy_share_end": 0.5, "recall_text_cues": 0.5},
+                           {"qk_conv": 2}),
+    "trunk_long_rows": Recipe("fine-tuning from the preset's trunk (make pretrain) in the landed 2 x 1,024-token rows, "
+                              "where facts are asked beyond the window and the receptive field: lr 1e-3, planted "
+                              "numbers of every length but 5 (half of them cued by the row's own text), a fifth of the rows repeated passages and a quarter "
+                              "synthetic episodes (none of landed's random-token spans), so the copying the trunk "
+                              "learned is used, not unlearned", dict(_FINETUNE), {"qk_conv": 2}),
+    "trunk_long_rows_slow": Recipe("trunk_long_rows at lr 3e-4 instead of 1e-3: at 1e-3, pass keys from copy_qk_text's "
+                                   "trunk fell from 0.88 / 0.75 to 0.19 / 0.00 by step 300; the digits were still "
+                                   "copied, the first two answer tokens went to the text's prior (' not', '1')",
+                                   {**_FINETUNE, "lr": 3e-4}, {"qk_conv": 2}),
+    "trunk_dense_rows": Recipe("trunk_long_rows_slow with denser copy targets: 16 facts in six rows of ten and synthetic "
+                               "episodes in four (not 8 facts in half and episodes in a quarter): under "
+                               "trunk_long_rows_slow pass keys fell to 0 by step 450, while copy targets were a small "
+                               "share of each 1,024-token row", {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6,
+                                                                   "recall_facts_per_row": 16, "recall_repeats": 0.0,
+                                                                   "copy_share_end": 0.4}, {"qk_conv": 2}),
 }
 
 
@@ -100,10 +129,21 @@ def check_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def _recipe_fields() -> tuple[set, set]:
+    """The TrainConfig and ModelConfig fields any recipe sets."""
+    return ({k for r in RECIPES.values() for k in r.train}, {k for r in RECIPES.values() for k in r.model})
+
+
 def apply_recipe(preset: str | Preset, name: str) -> Preset:
-    """A copy of ``preset`` with the recipe's training and model fields set."""
+    """A copy of ``preset`` with the recipe's training and model fields set. A field that another recipe sets and this
+    one does not takes its dataclass default (a copying aid off, no trunk), so a recipe means the same thing whatever
+    the preset already turned on (the cpu preset fine-tunes from a trunk with qk_conv; ``landed`` does neither)."""
     recipe = check_recipe(name)
     preset = preset_copy(preset)
-    preset.train = dataclasses.replace(preset.train, **recipe.train, recipe=name)
-    preset.model = dataclasses.replace(preset.model, **recipe.model)
+    train_fields, model_fields = _recipe_fields()
+    train_defaults, model_defaults = TrainConfig(), ModelConfig()
+    train = {k: getattr(train_defaults, k) for k in train_fields} | recipe.train
+    model = {k: getattr(model_defaults, k) for k in model_fields} | recipe.model
+    preset.train = dataclasses.replace(preset.train, **train, recipe=name)
+    preset.model = dataclasses.replace(preset.model, **model)
     return preset
