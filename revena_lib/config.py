@@ -252,9 +252,10 @@ def _cpu() -> Preset:
         train=TrainConfig(seq_len=1024, batch_size=2, steps=900, warmup_steps=50, lr=3e-3,
                           log_interval=10, eval_interval=150, eval_batches=8,
                           recall_mix=0.5, recall_facts_per_row=8, recall_induction=0.2),
-        # The trunk (make pretrain): the recipe that copied best so far (README, "Models that copy"; pass keys 0.38 /
-        # 0.25 at 32 / 96 by 3,000 steps, short of the 0.9 bar), so no arm starts from it yet (init_from stays "").
-        pretrain=PretrainConfig(recipe="copy_repeats", steps=3000),
+        # The trunks (make pretrain, shipped in trunks/cpu/): the baseline trained from random under copy_qk_text for
+        # 3,000 steps (README, "Models that copy"), about 22 minutes per seed on one core. No arm starts from them
+        # yet (init_from stays ""): fine-tuned in long rows, they lost the pass keys (recipes trunk_long_rows*).
+        pretrain=PretrainConfig(recipe="copy_qk_text", steps=3000),
         # Distances 32 and 96 are inside the 128-token window (the fact is visible), 192 and 384 between the window
         # and the receptive field (508), 768 beyond it. 200 items at 768 (16 elsewhere), so an interval beyond the
         # receptive field can exclude zero (issue 10): the cheapest way there, since only that distance grows.

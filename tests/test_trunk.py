@@ -1,6 +1,7 @@
 """Pretrained trunks (training/trunk.py, evaluation/pretrain.py): built and recorded by pretrain, verified when loaded,
 and the start of every transformer arm's fresh run when init_from names one; other families start random and say why."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -303,3 +304,26 @@ def test_the_model_card_says_where_a_run_started():
     assert "pretrained trunk `trunks/cpu/seed-1337`" in line and "kept fresh: ltm_gate_logit" in line
     assert init_lines({}) == []
     assert "random initialisation" in init_lines({"init": {"started_from": "random", "reason": "x"}})[0]
+
+
+@pytest.mark.parametrize("seed", get_preset("cpu").seeds)
+def test_the_shipped_cpu_trunks_are_intact_fit_every_transformer_arm_and_record_their_control(seed):
+    """trunks/cpu/seed-N, committed: sha256 checked, made by the preset's pretrain config, and accepted by every
+    transformer arm of the cpu preset under the fine-tuning recipes (trunk_long_rows: init_from "trunk", qk_conv)."""
+    from revena_lib.arms import ARMS
+    from revena_lib.training.recipes import apply_recipe
+    from revena_lib.training.trunk import check_trunk_fits
+
+    directory = REPO / "trunks" / "cpu" / f"seed-{seed}"
+    state, record = load_trunk(directory)
+    cpu = get_preset("cpu")
+    assert (record["recipe"], record["steps"], record["seed"]) == (cpu.pretrain.recipe, cpu.pretrain.steps, seed)
+    assert record["command"] == f"python -m revena_lib.pretrain --preset cpu --seeds {seed} --steps {cpu.pretrain.steps}"
+    for arm, spec in ARMS.items():   # as the fine-tuning recipes start every transformer arm from it
+        if spec.family == "transformer":
+            model = apply_recipe(arm_preset("cpu", arm), "trunk_long_rows").model
+            model.vocab_size = 4096   # train() sets it from the data's tokenizer, bpe-4096 at cpu
+            check_trunk_fits(directory, record, dataclasses.asdict(model), None, "cpu")
+    control = record["positive_control"]
+    assert set(control["passkey"]) == {"32", "96"} and isinstance(control["passed"], bool)
+    assert state["wte.weight"].shape == (4096, 128)
