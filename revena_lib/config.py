@@ -161,6 +161,9 @@ class TrainConfig:
                                     # template: a template predicts that a number follows, so its first token (' ' in
                                     # bpe-N) is never copied, and an unseen cue (" The pass key is") gets the text's
                                     # prior (' the', ' not') instead
+    recall_near: float = 0.0        # this share of planted facts is asked at most 96 tokens later (inside the window);
+                                    # the rest anywhere in the row. In 1,024-token rows half the facts land beyond the
+                                    # window, where the baseline cannot copy and learns to answer with the prior
     recipe: str = ""                # the copying recipe this run was trained under (training/recipes.py), if named
     # Synthetic copying curriculum (data/synthetic.py): at this size induction forms in minutes on short rows of
     # repeated random spans and not in 20 M tokens of text, so a run can start there and move into text gradually.

@@ -38,6 +38,7 @@ DIGITS = (3, 4)          # answer lengths in digits, by default (TrainConfig.rec
 MIN_DISTANCE = 8         # tokens between the end of the fact and its question
 PASSAGE_TOKENS = (8, 48) # length of a repeated passage of the row's own text (recall_repeats)
 TEXT_CUE_TOKENS = (3, 8) # length of a fact's cue taken from the row's own text (recall_text_cues)
+NEAR_DISTANCE = 96       # the farthest a "near" fact is asked (recall_near): inside a 128-token window with its cue
 
 
 def _fact_tokens(rng: np.random.Generator, tokenizer, digits=DIGITS) -> tuple[list[int], list[int]]:
@@ -76,10 +77,12 @@ def _passage(rng: np.random.Generator, row: np.ndarray) -> tuple[list[int], list
 
 
 def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
-              random_spans: bool = False, passages: bool = False, digits=DIGITS, text_cues: float = 0.0) -> np.ndarray:
+              random_spans: bool = False, passages: bool = False, digits=DIGITS, text_cues: float = 0.0,
+              near: float = 0.0) -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
-    A pair is a training fact (with ``text_cues`` probability one whose cue is the row's own text), or
+    A pair is a training fact (with ``text_cues`` probability one whose cue is the row's own text; with ``near``
+    probability one asked at most NEAR_DISTANCE tokens later), or
     (``random_spans``) a span of random tokens, or (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits,
     then a start where neither of its two spans overlaps an earlier pair's (pairs may interleave); position 0 is left
     alone."""
@@ -100,6 +103,8 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
         n = len(piece)
         longest = T - 1 - 2 * n
+        if not (passages or random_spans) and near > 0 and rng.random() < near:   # no draw at 0: rows as they were
+            longest = min(longest, NEAR_DISTANCE)
         if longest < MIN_DISTANCE:
             break
         for _attempt in range(20):
@@ -117,9 +122,9 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
 
 def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
                 induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS,
-                text_cues: float = 0.0) -> np.ndarray:
+                text_cues: float = 0.0, near: float = 0.0) -> np.ndarray:
     """Plant facts in a ``share`` of the batch's rows (B, T+1) (``text_cues`` of them with a cue of the row's own
-    text), repeated random-token spans in another ``induction_share``, and repeated passages of the row's own text in
+    text, ``near`` of them asked within NEAR_DISTANCE tokens), repeated random-token spans in another ``induction_share``, and repeated passages of the row's own text in
     another ``repeats_share``; deterministic per (seed, step, row). A zero share draws nothing, so adding one leaves
     the other rows as they were."""
     if share <= 0 and induction_share <= 0 and repeats_share <= 0:
@@ -132,7 +137,7 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
         rng = np.random.default_rng([seed, step, b, 0x5EED])
         draw = rng.random()
         if draw < share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, near=near)
         elif draw < share + induction_share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True)
         elif draw < share + induction_share + repeats_share:
