@@ -10,7 +10,8 @@ the minutes and tokens until it copies in-window; the table in the README comes 
 
 Measured so far (``shared/trials`` and the README's "Models that copy" section): from random weights, only
 ``copy_qk_text`` reached the bar, for one seed of three (seed 1338 at step 1,800); it trains the cpu trunks
-(``make pretrain``). The ``trunk_*`` recipes fine-tune from those trunks: in 1,024-token rows every one of them lost
+(``make pretrain``). The ``trunk_*`` recipes fine-tune from those trunks: in rows longer than the window (256 or
+1,024 tokens) every one of them lost
 the pass keys, and in the trunk's own 128-token rows they were kept. The rows stay so that a longer run, or a GPU,
 can be compared side by side.
 """
@@ -138,6 +139,17 @@ RECIPES: dict[str, Recipe] = {
                              "without near facts; 256 tokens still ask facts beyond the 128-token window",
                              {**_FINETUNE, "lr": 3e-4, "seq_len": 256, "batch_size": 8, "recall_mix": 0.6,
                               "recall_facts_per_row": 4, "recall_repeats": 0.0, "copy_share_end": 0.4},
+                             {"qk_conv": 2}),
+    "trunk_mid_near": Recipe("trunk_mid_rows with every fact asked within 96 tokens: rows longer than the window, but "
+                             "no fact the baseline cannot copy; does the copying survive rows of 256 then?",
+                             {**_FINETUNE, "lr": 3e-4, "seq_len": 256, "batch_size": 8, "recall_mix": 0.6,
+                              "recall_facts_per_row": 4, "recall_repeats": 0.0, "copy_share_end": 0.4,
+                              "recall_near": 1.0}, {"qk_conv": 2}),
+    "trunk_far_edge": Recipe("trunk_dense_rows with episode gaps of up to 110 tokens, so copies reach 126 tokens back, "
+                             "the window's edge: distance 96 (112 tokens back) is where every model is weakest, and the "
+                             "mix rarely asks a copy that far", {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6,
+                                                                 "recall_facts_per_row": 16, "recall_repeats": 0.0,
+                                                                 "copy_share_end": 0.4, "copy_gap_max": 110},
                              {"qk_conv": 2}),
 }
 
