@@ -100,6 +100,21 @@ def test_chunked_attention_equals_one_pass_banded_reference(T, ltm_layer):
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
 
 
+def assert_causal_and_streamed_exactly(model: RevenaLM, idx: torch.Tensor):
+    """Changing token t leaves every logit before t as it was, and idx fed as a stream (16 tokens, then the rest)
+    gives the one-pass logits. Returns (the one-pass logits, the output of the stream's first call)."""
+    with torch.no_grad():
+        base = model(idx).logits
+        for t in (0, 8, 23):
+            changed = idx.clone()
+            changed[:, t] = (changed[:, t] + 1) % V
+            assert torch.equal(model(changed).logits[:, :t], base[:, :t]), f"logits before {t} changed"
+        first = model(idx[:, :16], state=model.new_state(idx.shape[0]))
+        second = model(idx[:, 16:], state=first.state)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), base, rtol=1e-4, atol=1e-4)
+    return base, first
+
+
 def smeared(seed=0, **overrides) -> RevenaLM:
     """A tiny model with smeared keys whose mix differs per layer and head (not the even mix it starts at)."""
     model = build(seed, smear_key=True, **overrides)
@@ -124,15 +139,7 @@ def test_smeared_keys_are_causal_continue_a_stream_exactly_and_are_off_by_defaul
     assert all(b.attn.smear_logit is None for b in build().blocks)
     model = smeared(use_ltm=True, ltm_write_threshold_bits=0.0)
     idx = tokens(2, 40)
-    with torch.no_grad():
-        base = model(idx).logits
-        for t in (0, 8, 23):
-            changed = idx.clone()
-            changed[:, t] = (changed[:, t] + 1) % V
-            assert torch.equal(model(changed).logits[:, :t], base[:, :t]), f"logits before {t} changed"
-        first = model(idx[:, :16], state=model.new_state(2))
-        second = model(idx[:, 16:], state=first.state)
-    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), base, rtol=1e-4, atol=1e-4)
+    base, _ = assert_causal_and_streamed_exactly(model, idx)
     # and the smear matters: the same weights without it give other logits
     plain = build(use_ltm=True, ltm_write_threshold_bits=0.0)
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if "smear" not in k})
@@ -168,15 +175,8 @@ def test_qk_conv_is_causal_continues_a_stream_exactly_matters_and_is_off_by_defa
     assert all(b.attn.key_mix is None and b.attn.query_mix is None for b in build().blocks)
     model = qk_convolved(2, use_ltm=True, ltm_write_threshold_bits=0.0)
     idx = tokens(2, 40)
+    base, first = assert_causal_and_streamed_exactly(model, idx)
     with torch.no_grad():
-        base = model(idx).logits
-        for t in (0, 8, 23):
-            changed = idx.clone()
-            changed[:, t] = (changed[:, t] + 1) % V
-            assert torch.equal(model(changed).logits[:, :t], base[:, :t]), f"logits before {t} changed"
-        first = model(idx[:, :16], state=model.new_state(2))
-        second = model(idx[:, 16:], state=first.state)
-        torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), base, rtol=1e-4, atol=1e-4)
         three = model(idx[:, 16:21], state=first.state)                   # a partial chunk continues the same way
         torch.testing.assert_close(three.logits, base[:, 16:21], rtol=1e-4, atol=1e-4)
     fresh = build(qk_conv=2)   # the start: the smeared key's even mix of k_t and k_(t-1), plain queries
