@@ -82,10 +82,10 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
     A pair is a training fact (with ``text_cues`` probability one whose cue is the row's own text; with ``near``
-    probability one asked at most NEAR_DISTANCE tokens later), or
-    (``random_spans``) a span of random tokens, or (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly from MIN_DISTANCE to the longest that fits,
-    then a start where neither of its two spans overlaps an earlier pair's (pairs may interleave); position 0 is left
-    alone."""
+    probability one asked at most NEAR_DISTANCE tokens later), or (``random_spans``) a span of random tokens, or
+    (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly from
+    MIN_DISTANCE to the longest that fits, then a start where neither of its two spans overlaps an earlier pair's
+    (pairs may interleave); position 0 is left alone."""
     original = row
     row = row.copy()
     T = len(row)
@@ -124,9 +124,9 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
                 induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS,
                 text_cues: float = 0.0, near: float = 0.0) -> np.ndarray:
     """Plant facts in a ``share`` of the batch's rows (B, T+1) (``text_cues`` of them with a cue of the row's own
-    text, ``near`` of them asked within NEAR_DISTANCE tokens), repeated random-token spans in another ``induction_share``, and repeated passages of the row's own text in
-    another ``repeats_share``; deterministic per (seed, step, row). A zero share draws nothing, so adding one leaves
-    the other rows as they were."""
+    text, ``near`` of them asked within NEAR_DISTANCE tokens), repeated random-token spans in another
+    ``induction_share``, and repeated passages of the row's own text in another ``repeats_share``; deterministic per
+    (seed, step, row). A zero share draws nothing, so adding one leaves the other rows as they were."""
     if share <= 0 and induction_share <= 0 and repeats_share <= 0:
         return rows
     if 5 in digits or not digits or min(digits) < 1:

@@ -186,7 +186,7 @@ class Attention(nn.Module):
     def mix_queries(self, q: torch.Tensor, k_before: torch.Tensor) -> torch.Tensor:
         """Queries with ``qk_conv``: q_t + sum over l = 1..n-1 of u_l * k_(t-l), so a query holds the tokens before
         its own and matches a key's prefix of n tokens. q (..., H, L, D) after RoPE; ``k_before`` (..., H, M, D) the
-        raw keys (after RoPE) of the M >= L + n - 2 positions ending with the queries' (its last L are theirs).
+        raw keys (after RoPE) of the M >= L + n - 1 positions ending with the queries' (its last L are theirs).
         Both rotate with their positions, so q_t . k_(s-1) and k_(t-1) . k_(s-2) are read at the same offset.
         Identity without ``qk_conv`` >= 2."""
         if self.query_mix is None:
@@ -247,8 +247,7 @@ class Block(nn.Module):
         # keys of chunk i: chunks i-P .. i, as forward_chunk sees them (smear mixes within that block)
         kp, vp = k_all.reshape(B, H, p + n, chunk, D), v_all.reshape(B * H, p + n, chunk, D)
         keys = torch.cat([kp[:, :, i:i + n] for i in range(p + 1)], dim=3)        # (B, H, N, (P+1)c, D)
-        if self.attn.smear_logit is not None or self.attn.key_mix is not None:    # smear wants (..., H, L, D)
-            keys = self.attn.smear(keys.transpose(1, 2)).transpose(1, 2)
+        keys = self.attn.smear(keys.transpose(1, 2)).transpose(1, 2)              # smear wants (..., H, L, D)
         keys = keys.reshape(B * H, n, (p + 1) * chunk, D)                        # (BH, N, (P+1)c, D)
         vals = torch.cat([vp[:, i:i + n] for i in range(p + 1)], dim=2)
         y = self.attn.attend(qc, keys, vals, masks)                     # (BH, N, c, D)

@@ -41,9 +41,13 @@ _CURRICULUM = {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_
 _LENGTHS = (2, 3, 4, 6, 7, 8)    # planted numbers' digits: every length but evaluation's 5
 _REPEATS = {**_CURRICULUM, "recall_fact_digits": _LENGTHS, "recall_induction": 0.2, "recall_repeats": 0.4}
 
-# Fine-tuning from a trunk trained under copy_qk: landed's long rows, the copying mix kept.
+# Fine-tuning from the preset's trunk (copy_qk_text's): landed's long rows, the copying mix kept; and the denser
+# variant the later fine-tuning recipes start from, in 1,024-token rows and in 256-token ones.
 _FINETUNE = {**_LANDED, "lr": 1e-3, "recall_fact_digits": _LENGTHS, "recall_induction": 0.0, "recall_repeats": 0.2,
              "recall_text_cues": 0.5, "copy_share_end": 0.25, "copy_gap_max": 96, "init_from": "trunk"}
+_DENSE = {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6, "recall_facts_per_row": 16, "recall_repeats": 0.0,
+          "copy_share_end": 0.4}
+_MID = {**_DENSE, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}
 
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
@@ -106,10 +110,10 @@ RECIPES: dict[str, Recipe] = {
                            {"qk_conv": 2}),
     "trunk_long_rows": Recipe("fine-tuning from the preset's trunk (make pretrain) in the landed 2 x 1,024-token rows, "
                               "where facts are asked beyond the window and the receptive field: lr 1e-3, planted "
-                              "numbers of every length but 5 (half of them cued by the row's own text), a fifth of the rows repeated passages and a quarter "
-                              "synthetic episodes (none of landed's random-token spans), the mix the trunk learned to "
-                              "copy in. Measured: pass keys lost by step 300 (README)", dict(_FINETUNE),
-                              {"qk_conv": 2}),
+                              "numbers of every length but 5 (half of them cued by the row's own text), a fifth of "
+                              "the rows repeated passages and a quarter synthetic episodes (none of landed's "
+                              "random-token spans), the mix the trunk learned to copy in. Measured: pass keys lost by "
+                              "step 300 (README)", dict(_FINETUNE), {"qk_conv": 2}),
     "trunk_long_rows_slow": Recipe("trunk_long_rows at lr 3e-4 instead of 1e-3: at 1e-3, pass keys from copy_qk_text's "
                                    "trunk fell from 0.88 / 0.75 to 0.19 / 0.00 by step 300; the digits were still "
                                    "copied, the first two answer tokens went to the text's prior (' not', '1')",
@@ -117,9 +121,7 @@ RECIPES: dict[str, Recipe] = {
     "trunk_dense_rows": Recipe("trunk_long_rows_slow with denser copy targets: 16 facts in six rows of ten and synthetic "
                                "episodes in four (not 8 facts in half and episodes in a quarter): under "
                                "trunk_long_rows_slow pass keys fell to 0 by step 450, while copy targets were a small "
-                               "share of each 1,024-token row", {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6,
-                                                                   "recall_facts_per_row": 16, "recall_repeats": 0.0,
-                                                                   "copy_share_end": 0.4}, {"qk_conv": 2}),
+                               "share of each 1,024-token row", dict(_DENSE), {"qk_conv": 2}),
     "trunk_short_rows": Recipe("a control for the fine-tuning recipes: the trunk's own mix (copy_qk_text after its "
                                "ramp: 16 x 128-token rows, half of them synthetic episodes) continued from the trunk at "
                                "lr 3e-4; does continued training keep the pass keys where long rows lose them?",
@@ -129,27 +131,17 @@ RECIPES: dict[str, Recipe] = {
                               "the 1,024-token row): under trunk_dense_rows pass keys fell to 0 by step 450 while the "
                               "same trunk kept them in its own 128-token rows (trunk_short_rows); in long rows half the "
                               "facts are asked beyond the window, where copying cannot answer and the prior is learnt "
-                              "for the answer's first tokens", {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6,
-                                                                "recall_facts_per_row": 16, "recall_repeats": 0.0,
-                                                                "copy_share_end": 0.4, "recall_near": 0.8},
-                              {"qk_conv": 2}),
+                              "for the answer's first tokens", {**_DENSE, "recall_near": 0.8}, {"qk_conv": 2}),
     "trunk_mid_rows": Recipe("trunk_dense_rows in 8 x 256-token rows (4 facts per row): the trunk kept its pass keys "
                              "in its own 128-token rows (trunk_short_rows) and lost them in 1,024-token rows, with or "
                              "without near facts; 256 tokens still ask facts beyond the 128-token window",
-                             {**_FINETUNE, "lr": 3e-4, "seq_len": 256, "batch_size": 8, "recall_mix": 0.6,
-                              "recall_facts_per_row": 4, "recall_repeats": 0.0, "copy_share_end": 0.4},
-                             {"qk_conv": 2}),
+                             dict(_MID), {"qk_conv": 2}),
     "trunk_mid_near": Recipe("trunk_mid_rows with every fact asked within 96 tokens: rows longer than the window, but "
                              "no fact the baseline cannot copy; does the copying survive rows of 256 then?",
-                             {**_FINETUNE, "lr": 3e-4, "seq_len": 256, "batch_size": 8, "recall_mix": 0.6,
-                              "recall_facts_per_row": 4, "recall_repeats": 0.0, "copy_share_end": 0.4,
-                              "recall_near": 1.0}, {"qk_conv": 2}),
+                             {**_MID, "recall_near": 1.0}, {"qk_conv": 2}),
     "trunk_far_edge": Recipe("trunk_dense_rows with episode gaps of up to 110 tokens, so copies reach 126 tokens back, "
                              "the window's edge: distance 96 (112 tokens back) is where every model is weakest, and the "
-                             "mix rarely asks a copy that far", {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6,
-                                                                 "recall_facts_per_row": 16, "recall_repeats": 0.0,
-                                                                 "copy_share_end": 0.4, "copy_gap_max": 110},
-                             {"qk_conv": 2}),
+                             "mix rarely asks a copy that far", {**_DENSE, "copy_gap_max": 110}, {"qk_conv": 2}),
 }
 
 

@@ -39,7 +39,8 @@ FORMAT = "revena-trunk"
 TRUNK_FAMILY = "transformer"   # the family whose blocks the trunk's weights are
 TRUNK = "trunk"                # init_from value: the shipped trunk of the run's own preset and seed
 # ModelConfig fields that define what the trunk's weights are: their shapes (vocab_size, n_layer, n_head, n_embd;
-# smear_key adds a logit per head, qk_conv mixing weights) and how they are read (rope_base: the rotation q and k were trained under).
+# smear_key adds a logit per head, qk_conv mixing weights) and how they are read (rope_base: the rotation q and k
+# were trained under).
 # window, chunk_size, dropout and the LTM's fields may differ: the same weights read a wider window or feed a memory.
 TRUNK_FIELDS = ("vocab_size", "n_layer", "n_head", "n_embd", "rope_base", "smear_key", "qk_conv")
 
