@@ -47,6 +47,9 @@ class ModelConfig:
                                     # k_(t-1) .. k_(t-n+1), so one head can match the n tokens before a key (a short
                                     # convolution, as H3's shift SSM and Based's short conv). With one token
                                     # (smear_key), "66825" is copied "66625". Off in paper; not with smear_key
+    attn_sink: bool = False         # a learned sink logit per head (a zero-value key every query sees; gpt-oss, and
+                                    # Xiao et al. 2023's attention sinks): a place for a head's weight when the row's
+                                    # first token has left the window. Off in paper
     dropout: float = 0.0
     # Long-term memory (the with_ltm arm sets use_ltm; revena_lib/arms.py)
     use_ltm: bool = False
@@ -161,9 +164,12 @@ class TrainConfig:
                                     # template: a template predicts that a number follows, so its first token (' ' in
                                     # bpe-N) is never copied, and an unseen cue (" The pass key is") gets the text's
                                     # prior (' the', ' not') instead
-    recall_near: float = 0.0        # this share of planted facts is asked at most 96 tokens later (inside the window);
-                                    # the rest anywhere in the row. In 1,024-token rows half the facts land beyond the
-                                    # window, where the baseline cannot copy and learns to answer with the prior
+    recall_near: float = 0.0        # this share of planted copy targets (facts, random spans, repeated passages) is
+                                    # asked at most 96 tokens later (inside the window); the rest anywhere in the row.
+                                    # In 1,024-token rows 43% land beyond the window, where the baseline cannot copy
+    short_row_every: int = 0        # every this-many-th step (0 = never) reads short_row_len-token rows instead, as many
+    short_row_len: int = 128        # as keep the tokens per step, with facts per row scaled to the row: rows of one
+                                    # window keep copying general, long rows give the memory its targets (README)
     recipe: str = ""                # the copying recipe this run was trained under (training/recipes.py), if named
     # Synthetic copying curriculum (data/synthetic.py): at this size induction forms in minutes on short rows of
     # repeated random spans and not in 20 M tokens of text, so a run can start there and move into text gradually.
@@ -247,17 +253,24 @@ def _cpu() -> Preset:
         # split: on a 2-core CPU in fp32 the GPT-2 50,257-way output layer held training to ~1,000 tokens/s; with
         # 4,096 tokens the same model trains at ~6,600 tokens/s (one process, 2 threads), so three seeds per arm fit.
         data=DataConfig(max_doc_chars=250_000, tokenizer="bpe-4096"),
-        model=ModelConfig(n_layer=4, n_head=4, n_embd=128),
-        # 1,024-token rows: longer than the receptive field of the stacked windows (4 x 127 = 508), so some planted
-        # facts are asked beyond it during training. Half the rows carry planted facts, a fifth repeated random-token
-        # spans (the copying curriculum, data/recall_mix.py). 900 steps x 2 x 1,024 = 1.8 M tokens per run, ~8 min as
-        # one of two parallel one-thread processes.
-        train=TrainConfig(seq_len=1024, batch_size=2, steps=900, warmup_steps=50, lr=3e-3,
+        # qk_conv=2 (one head matches the two tokens before a key): the trunks were trained with it, and every
+        # transformer arm starts from its seed's trunk (README, "Models that copy").
+        model=ModelConfig(n_layer=4, n_head=4, n_embd=128, qk_conv=2),
+        # Recipe trunk_own_mixed (training/recipes.py; a test keeps the two equal): 900 steps from the shipped trunk.
+        # Odd steps read 2 x 1,024-token rows, longer than the receptive field of the stacked windows (4 x 127 = 508),
+        # so a fifth of the copy targets land beyond the window and the receptive field, where only a memory can
+        # answer; even steps read 16 x 128-token rows (one window), where the trunk kept its pass keys and long rows
+        # alone lost them. Rows carry planted facts (3 in 10; half cued by the row's own text), repeated random spans
+        # (2 in 10), repeated passages of text (4 in 10), and half of them are synthetic copy episodes.
+        # 900 x 2,048 = 1.8 M tokens per run, ~8 min as one of two parallel one-thread processes.
+        train=TrainConfig(seq_len=1024, batch_size=2, steps=900, warmup_steps=50, lr=3e-4,
                           log_interval=10, eval_interval=150, eval_batches=8,
-                          recall_mix=0.5, recall_facts_per_row=8, recall_induction=0.2),
+                          recall_mix=0.3, recall_facts_per_row=16, recall_induction=0.2, recall_repeats=0.4,
+                          recall_fact_digits=(2, 3, 4, 6, 7, 8), recall_text_cues=0.5, recall_near=0.8,
+                          short_row_every=2, short_row_len=128, copy_share_end=0.5, copy_gap_max=96,
+                          recipe="trunk_own_mixed", init_from="trunk"),
         # The trunks (make pretrain, shipped in trunks/cpu/): the baseline trained from random under copy_qk_text for
-        # 3,000 steps (README, "Models that copy"), about 22 minutes per seed on one core. No arm starts from them
-        # yet (init_from stays ""): fine-tuned in long rows, they lost the pass keys (recipes trunk_long_rows*).
+        # 3,000 steps (README, "Models that copy"), about 22 minutes per seed on one core.
         pretrain=PretrainConfig(recipe="copy_qk_text", steps=3000),
         # Distances 32 and 96 are inside the 128-token window (the fact is visible), 192 and 384 between the window
         # and the receptive field (508), 768 beyond it. 200 items at 768 (16 elsewhere), so an interval beyond the

@@ -187,8 +187,10 @@ def test_text_cued_facts_are_the_rows_own_text_then_a_number_written_twice(smoke
             == templated).all()
 
 
-def test_near_facts_are_asked_within_96_tokens_and_off_changes_nothing(smoke_data):
-    """recall_near: a planted fact's question starts at most NEAR_DISTANCE tokens after the fact ends."""
+@pytest.mark.parametrize("kind", [{}, {"random_spans": True}])
+def test_near_facts_are_asked_within_96_tokens_and_off_changes_nothing(smoke_data, kind):
+    """recall_near: a planted fact's (or random span's) question starts at most NEAR_DISTANCE tokens after the fact
+    ends."""
     from revena_lib.data.recall_mix import NEAR_DISTANCE, plant_row
     from revena_lib.data.splits import load_split
 
@@ -198,11 +200,12 @@ def test_near_facts_are_asked_within_96_tokens_and_off_changes_nothing(smoke_dat
     gaps = {0.0: [], 1.0: []}
     for near in gaps:
         for seed in range(12):
-            new = plant_row(row, np.random.default_rng(seed), 1, tok, near=near)
+            new = plant_row(row, np.random.default_rng(seed), 1, tok, near=near, **kind)
             changed = np.flatnonzero(new != row)
             runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
             first, last = runs[0], runs[-1]
             gaps[near].append(int(last[0] - first[-1] - 1))   # tokens between the fact and its question
     assert max(gaps[1.0]) <= NEAR_DISTANCE < max(gaps[0.0])
-    again = [plant_row(row, np.random.default_rng(s), 3, tok) for s in range(4)]
-    assert all((a == plant_row(row, np.random.default_rng(s), 3, tok, near=0.0)).all() for s, a in enumerate(again))
+    again = [plant_row(row, np.random.default_rng(s), 3, tok, **kind) for s in range(4)]
+    assert all((a == plant_row(row, np.random.default_rng(s), 3, tok, near=0.0, **kind)).all()
+               for s, a in enumerate(again))

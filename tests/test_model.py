@@ -536,3 +536,39 @@ def test_at_the_briefs_settings_only_the_relaxed_read_gives_the_memory_a_gradien
     soft.eval()
     with torch.no_grad():                                                     # evaluation: the hard rule, exactly
         torch.testing.assert_close(soft(idx).logits, hard.eval()(idx).logits)
+
+
+def test_attention_sinks_equal_a_softmax_with_one_more_zero_value_key_per_head():
+    """attn_sink: softmax over [sink logit of the head, q.k / sqrt(D) of the visible keys], the sink's value zero,
+    the same with heads at dim 1 (forward_chunk) and folded into the batch (stm_all); a very negative logit is no
+    sink at all."""
+    from revena_lib.models.transformer import Attention
+
+    cfg = tiny(n_head=3, n_embd=48, attn_sink=True)
+    attn = Attention(cfg)
+    with torch.no_grad():
+        attn.sink_logit.copy_(torch.tensor([2.0, -1.0, 0.5]))
+    g = torch.Generator().manual_seed(0)
+    B, H, L, M, D = 2, 3, 5, 7, 16
+    q, k, v = (torch.randn(B, H, n, D, generator=g) for n in (L, M, M))
+    mask = torch.rand(L, M, generator=g) > 0.3
+    mask[:, 0] = True
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~mask, float("-inf"))      # (B, H, L, M)
+    sink = attn.sink_logit.view(1, H, 1, 1).expand(B, H, L, 1)
+    reference = torch.softmax(torch.cat([sink, scores], -1), -1)[..., 1:] @ v
+    with torch.no_grad():
+        torch.testing.assert_close(attn.attend(q, k, v, mask), reference)
+        folded = attn.attend(*(t.reshape(B * H, 1, -1, D) for t in (q, k, v)), mask, heads_folded=True)
+        torch.testing.assert_close(folded.reshape(B, H, L, D), reference)
+        attn.sink_logit.fill_(-1e4)
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(attn.attend(q, k, v, mask), plain)
+
+
+@pytest.mark.parametrize("extra", [{}, {"qk_conv": 2}, {"use_ltm": True, "ltm_layer": 0}])
+def test_attention_sinks_stay_causal_and_stream_exactly(extra):
+    model = build(attn_sink=True, n_layer=3, **extra)
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            block.attn.sink_logit.copy_(torch.linspace(-2.0, 2.0, model.cfg.n_head) + i)
+    assert_causal_and_streamed_exactly(model, tokens(2, 40))

@@ -117,3 +117,21 @@ def test_after_the_warmup_episodes_can_draw_from_a_smaller_vocabulary(train_spli
     assert not set(warm.flatten().tolist()) <= small                 # the warm-up keeps its 24 tokens
     after, _ = training_batch(train_split, 7, 9, cfg)                # every row an episode (share 1)
     assert set(after.flatten().tolist()) <= small
+
+
+def test_short_row_steps_keep_the_tokens_per_step_and_scale_the_facts(train_split):
+    """short_row_every=2: steps 0, 2, 4 read 64-token rows (4x as many), the others the long rows, which are the
+    batches the run would read without it; facts per row scale with the row (8 per 256 -> 2 per 64)."""
+    from revena_lib.training.batches import short_row_config
+
+    cfg = TrainConfig(seq_len=256, batch_size=2, recall_mix=1.0, recall_facts_per_row=8)
+    mixed = dataclasses.replace(cfg, short_row_every=2, short_row_len=64)
+    for step in range(4):
+        x, y = training_batch(train_split, 7, step, mixed)
+        assert tuple(x.shape) == ((8, 64) if step % 2 == 0 else (2, 256)) and x.shape == y.shape
+        if step % 2:
+            assert torch.equal(x, training_batch(train_split, 7, step, cfg)[0])
+    short = short_row_config(mixed)
+    assert (short.seq_len, short.batch_size, short.recall_facts_per_row, short.short_row_every) == (64, 8, 2, 0)
+    with pytest.raises(TrainError, match="short_row_len=100 must be below seq_len=256 and divide"):
+        training_batch(train_split, 7, 0, dataclasses.replace(mixed, short_row_len=100))

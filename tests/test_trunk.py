@@ -76,9 +76,14 @@ def edit_record(directory: Path, edit) -> None:
 
 # ----------------------------------------------------------------------------- configuration
 
-def test_every_preset_starts_random_and_smoke_has_a_tiny_pretrain():
-    for name in PRESETS:
-        assert get_preset(name).train.init_from == ""
+def test_cpu_fine_tunes_from_its_trunks_under_its_recipe_and_the_others_start_random():
+    from revena_lib.training.recipes import apply_recipe
+
+    assert {name: get_preset(name).train.init_from for name in PRESETS} == {"smoke": "", "cpu": "trunk", "paper": ""}
+    cpu = get_preset("cpu")                                    # the cpu preset is its recipe, field by field
+    as_recipe = apply_recipe("cpu", cpu.train.recipe)
+    assert (as_recipe.train, as_recipe.model) == (cpu.train, cpu.model)
+    assert cpu.model.qk_conv == 2 and get_preset("paper").model.qk_conv == 0
     smoke = get_preset("smoke")
     assert smoke.pretrain.steps == 4 and smoke.pretrain.recipe == ""
     assert trunk_preset("smoke").train.steps == 4 and trunk_preset("smoke").train.seq_len == smoke.train.seq_len
@@ -226,6 +231,15 @@ def test_a_trunk_of_another_shape_or_tokenizer_is_refused(home, tmp_path):
     edit_record(directory, lambda r: (r["model"].update(n_embd=32), r["data"]["tokenizer"].update(name="bpe-4096")))
     model, preset = fresh_model("baseline")
     with pytest.raises(TrunkError, match=r"tokenizer 'bpe-4096' \(name\) but data/ holds 'gpt2'"):
+        init_from_trunk(model, preset, SEED, str(directory))
+    # a trunk without attention sinks may start an arm with them (fresh at logit 0), not the other way round
+    edit_record(directory, lambda r: r["data"]["tokenizer"].update(name="gpt2"))
+    sinks = dataclasses.replace(preset, model=dataclasses.replace(preset.model, attn_sink=True))
+    torch.manual_seed(SEED)
+    info = init_from_trunk(build_model(sinks.model), sinks, SEED, str(directory))
+    assert [n for n in info["kept_fresh"] if "sink" in n] == [f"blocks.{i}.attn.sink_logit" for i in range(2)]
+    edit_record(directory, lambda r: r["model"].update(attn_sink=True))
+    with pytest.raises(TrunkError, match=r"learnt attention sinks \(attn_sink=True\) that this arm's model lacks"):
         init_from_trunk(model, preset, SEED, str(directory))
     # a tensor the model has no place for is named
     state, record = load_trunk(trunk_dir("smoke", SEED))

@@ -103,7 +103,7 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
         n = len(piece)
         longest = T - 1 - 2 * n
-        if not (passages or random_spans) and near > 0 and rng.random() < near:   # no draw at 0: rows as they were
+        if near > 0 and rng.random() < near:                  # no draw at 0: rows stay as they were
             longest = min(longest, NEAR_DISTANCE)
         if longest < MIN_DISTANCE:
             break
@@ -139,7 +139,7 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
         if draw < share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, near=near)
         elif draw < share + induction_share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True, near=near)
         elif draw < share + induction_share + repeats_share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True, near=near)
     return out

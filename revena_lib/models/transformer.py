@@ -155,6 +155,8 @@ class Attention(nn.Module):
             with torch.no_grad():
                 self.key_mix[:2] = 0.5
             self.query_mix = nn.Parameter(torch.zeros(n - 1, *shape)) if n > 1 else None   # (n-1, H, 1, D)
+        # ModelConfig.attn_sink: one learned logit per head for a key with a zero value that every query sees
+        self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
 
     def project(self, x: torch.Tensor):
         """q, k, v of shape (B, H, T, D), before RoPE."""
@@ -195,10 +197,27 @@ class Attention(nn.Module):
         u = self.query_mix.to(q.dtype)                                          # (n-1, H, 1, D)
         return q + sum(u[lag - 1] * k_before[..., M - L - lag:M - lag, :] for lag in range(1, u.shape[0] + 1))
 
-    def attend(self, q, k, v, mask):
-        """SDPA with a boolean mask; q (..., Lq, D), k/v (..., Lk, D), mask broadcastable to (..., Lq, Lk)."""
+    def attend(self, q, k, v, mask, heads_folded: bool = False):
+        """SDPA with a boolean mask; q (..., Lq, D), k/v (..., Lk, D), mask broadcastable to (..., Lq, Lk). Heads
+        sit at dim 1 of q, or, with ``heads_folded``, inside dim 0 as batch * heads (stm_all's layout).
+
+        With ``attn_sink`` every query also sees one extra key whose score is the head's learned logit and whose value
+        is zero (gpt-oss's attention sinks; Xiao et al. 2023, "Efficient Streaming Language Models with Attention
+        Sinks"): a head can attend to nothing without a real token to park its weight on, which in rows longer than
+        the window is gone once the row's first token leaves it."""
         v = v.to(q.dtype)
         k = k.to(q.dtype)
+        if self.sink_logit is not None:
+            zero = k.new_zeros(*k.shape[:-2], 1, k.shape[-1])
+            k, v = torch.cat([zero, k], dim=-2), torch.cat([zero.to(v.dtype), v], dim=-2)    # (..., 1 + Lk, D)
+            H = self.n_head
+            sink = self.sink_logit.to(q.dtype)
+            sink = (sink.repeat(q.shape[0] // H).view(-1, *([1] * (q.dim() - 1))) if heads_folded    # (BH, 1.., 1)
+                    else sink.view(-1, *([1] * (q.dim() - 2))))                                 # (H, 1.., 1)
+            lead = q.shape[:-1]
+            bias = torch.zeros((), dtype=q.dtype, device=q.device).expand(*lead, mask.shape[-1])
+            bias = bias.masked_fill(~mask, float("-inf"))                          # (..., Lq, Lk)
+            mask = torch.cat([sink.expand(*lead, 1), bias], dim=-1)                 # (..., Lq, 1 + Lk)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                               dropout_p=self.dropout if self.training else 0.0)
 
@@ -250,7 +269,7 @@ class Block(nn.Module):
         keys = self.attn.smear(keys.transpose(1, 2)).transpose(1, 2)              # smear wants (..., H, L, D)
         keys = keys.reshape(B * H, n, (p + 1) * chunk, D)                        # (BH, N, (P+1)c, D)
         vals = torch.cat([vp[:, i:i + n] for i in range(p + 1)], dim=2)
-        y = self.attn.attend(qc, keys, vals, masks)                     # (BH, N, c, D)
+        y = self.attn.attend(qc, keys, vals, masks, heads_folded=True)                   # (BH, N, c, D)
         keep = p * chunk
         new_cache = (k_all[:, :, k_all.shape[2] - keep:], v_all[:, :, v_all.shape[2] - keep:])
         return y.reshape(B, H, Tp, D), q, k, v, new_cache

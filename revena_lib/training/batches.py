@@ -10,6 +10,8 @@ the arm, the process or the point a run was resumed from. Validation batches use
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -59,6 +61,8 @@ def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch
     them in shorter rows during its warm-up (the same rows for every arm: a pure function of (seed, step))."""
     if step < cfg.copy_warmup_steps:
         return _warmup_batch(split, seed, step, cfg)
+    if cfg.short_row_every > 0 and step % cfg.short_row_every == 0:
+        cfg = short_row_config(cfg)
     x, y = _text_batch(split, seed, step, cfg)
     share = synthetic_share(step, cfg)
     if share <= 0:
@@ -69,6 +73,17 @@ def training_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch
         x, y = x.clone(), y.clone()
         x[pick], y[pick] = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
     return x, y
+
+
+def short_row_config(cfg: TrainConfig) -> TrainConfig:
+    """The rows of a short-row step (``short_row_every``): short_row_len tokens, batch_size * seq_len / short_row_len
+    of them (the same tokens per step), recall_facts_per_row scaled to the row's length (at least one)."""
+    T = cfg.short_row_len
+    if not 0 < T < cfg.seq_len or (cfg.batch_size * cfg.seq_len) % T:
+        raise TrainError(f"short_row_len={T} must be below seq_len={cfg.seq_len} and divide batch_size * seq_len = "
+                         f"{cfg.batch_size * cfg.seq_len} (short rows keep the tokens per step): e.g. the window, 128")
+    return dataclasses.replace(cfg, seq_len=T, batch_size=cfg.batch_size * cfg.seq_len // T, short_row_every=0,
+                               recall_facts_per_row=max(1, round(cfg.recall_facts_per_row * T / cfg.seq_len)))
 
 
 def _warmup_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,9 @@ _FINETUNE = {**_LANDED, "lr": 1e-3, "recall_fact_digits": _LENGTHS, "recall_indu
 _DENSE = {**_FINETUNE, "lr": 3e-4, "recall_mix": 0.6, "recall_facts_per_row": 16, "recall_repeats": 0.0,
           "copy_share_end": 0.4}
 _MID = {**_DENSE, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}
+# The trunk's own mix (copy_qk_text after its ramp), continued from the trunk
+_SHORT = {**_REPEATS, "copy_warmup_steps": 0, "copy_ramp_steps": 0, "copy_share_end": 0.5, "recall_text_cues": 0.5,
+          "lr": 3e-4, "init_from": "trunk"}
 
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
@@ -125,8 +128,7 @@ RECIPES: dict[str, Recipe] = {
     "trunk_short_rows": Recipe("a control for the fine-tuning recipes: the trunk's own mix (copy_qk_text after its "
                                "ramp: 16 x 128-token rows, half of them synthetic episodes) continued from the trunk at "
                                "lr 3e-4; does continued training keep the pass keys where long rows lose them?",
-                               {**_REPEATS, "copy_warmup_steps": 0, "copy_ramp_steps": 0, "copy_share_end": 0.5,
-                                "recall_text_cues": 0.5, "lr": 3e-4, "init_from": "trunk"}, {"qk_conv": 2}),
+                               dict(_SHORT), {"qk_conv": 2}),
     "trunk_near_rows": Recipe("trunk_dense_rows with 80% of the facts asked within 96 tokens (the rest anywhere in "
                               "the 1,024-token row): under trunk_dense_rows pass keys fell to 0 by step 450 while the "
                               "same trunk kept them in its own 128-token rows (trunk_short_rows); in long rows half the "
@@ -142,6 +144,34 @@ RECIPES: dict[str, Recipe] = {
     "trunk_far_edge": Recipe("trunk_dense_rows with episode gaps of up to 110 tokens, so copies reach 126 tokens back, "
                              "the window's edge: distance 96 (112 tokens back) is where every model is weakest, and the "
                              "mix rarely asks a copy that far", {**_DENSE, "copy_gap_max": 110}, {"qk_conv": 2}),
+    "trunk_long_rows_sink": Recipe("trunk_long_rows with a learned attention sink per head (ModelConfig.attn_sink): "
+                                   "the trunk learnt in rows of one window, where every query sees the row's first "
+                                   "token; in longer rows a head has nowhere to park its weight once that token has "
+                                   "left the window", dict(_FINETUNE), {"qk_conv": 2, "attn_sink": True}),
+    "trunk_dense_rows_sink": Recipe("trunk_dense_rows with a learned attention sink per head (as trunk_long_rows_sink)",
+                                    dict(_DENSE), {"qk_conv": 2, "attn_sink": True}),
+    "trunk_own_long": Recipe("trunk_short_rows (the trunk's own mix, repeated passages of text in four rows of ten) in "
+                             "2 x 1,024-token rows, 16 facts in a fact row: every long-row recipe before dropped "
+                             "repeated passages to a fifth or none, and kept copying the training format while "
+                             "losing unseen cues", {**_SHORT, "seq_len": 1024, "batch_size": 2,
+                                                    "recall_facts_per_row": 16}, {"qk_conv": 2}),
+    "trunk_own_long_near": Recipe("trunk_own_long with every copy target (facts, repeated passages, random spans) "
+                                  "asked within 96 tokens: in the trunk's mix, pass keys were kept in 128-token rows, "
+                                  "fell slowly in 256-token ones and fast in 1,024-token ones, as the share of copy "
+                                  "targets beyond the window grew (0, 14%, 43%)",
+                                  {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
+                                   "recall_near": 1.0}, {"qk_conv": 2}),
+    "trunk_own_long_far": Recipe("trunk_own_long_near with a fifth of the copy targets anywhere in the row: the "
+                                 "memory's training signal beyond the window",
+                                 {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
+                                  "recall_near": 0.8}, {"qk_conv": 2}),
+    "trunk_own_mixed": Recipe("trunk_own_long_far with every other step in the trunk's own 16 x 128-token rows "
+                              "(short_row_every=2): in rows of one window the trunk kept its pass keys, in long rows "
+                              "it lost them, and the memory needs long rows",
+                              {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
+                               "recall_near": 0.8, "short_row_every": 2}, {"qk_conv": 2}),
+    "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
+                            {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
 
 

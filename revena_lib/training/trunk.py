@@ -168,7 +168,8 @@ def resolve_init_from(init_from: str, preset_name: str, seed: int) -> Path:
 
 def check_trunk_fits(directory: Path, record: dict, model: dict, meta: dict | None, preset_name: str) -> None:
     """Refuse a trunk whose weights do not mean what the arm's model would make of them: a field of TRUNK_FIELDS
-    that differs, another model family, or another tokenizer than the data's. One line naming field and fix."""
+    that differs, another model family, or another tokenizer than the data's, or learnt attention sinks the arm
+    lacks (an arm may add sinks to a trunk without them: they start at logit 0). One line naming field and fix."""
     from revena_lib.data.tokenizer import tokenizer_info
 
     where, fix = directory / RECORD_FILE, fix_hint(preset_name)
@@ -182,6 +183,9 @@ def check_trunk_fits(directory: Path, record: dict, model: dict, meta: dict | No
             raise TrunkError(f"{where}: the trunk has {name}={theirs!r} but this arm's model has {name}={mine!r}; a "
                              f"trunk only fits models of its own shape: build this preset's trunk with {fix}, or set "
                              "TrainConfig.init_from='' (random initialisation)")
+    if trunk_model.get("attn_sink", False) and not model.get("attn_sink", False):   # one without may gain sinks
+        raise TrunkError(f"{where}: the trunk's heads learnt attention sinks (attn_sink=True) that this arm's model "
+                         f"lacks; set ModelConfig.attn_sink=True, or build this preset's trunk with {fix}")
     if meta is None:
         return
     theirs, mine = (record.get("data") or {}).get("tokenizer") or {}, tokenizer_info(meta)
