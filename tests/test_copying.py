@@ -12,16 +12,16 @@ from revena_lib.evaluation.induction import repeated_spans
 from revena_lib.models import build_model
 
 
-@pytest.mark.parametrize("arm,smear_key,qk_conv", [("baseline", False, 0), ("with_ltm", False, 0),
-                                                    ("reservoir", False, 0), ("baseline", True, 0),
-                                                    ("reservoir", True, 0), ("baseline", False, 2),
-                                                    ("with_ltm", False, 3)])
-def test_attention_patterns_reproduce_the_models_own_attention(arm, smear_key, qk_conv):
+@pytest.mark.parametrize("arm,smear_key,qk_conv,sink", [("baseline", False, 0, False), ("with_ltm", False, 0, False),
+                                                         ("reservoir", False, 0, False), ("baseline", True, 0, False),
+                                                         ("reservoir", True, 0, False), ("baseline", False, 2, False),
+                                                         ("with_ltm", False, 3, False), ("baseline", False, 2, True)])
+def test_attention_patterns_reproduce_the_models_own_attention(arm, smear_key, qk_conv, sink):
     """pattern @ v must equal what each layer's attention hands its output projection (RoPE, smeared keys or
-    qk_conv's mixed keys and queries, mask and scale right)."""
+    qk_conv's mixed keys and queries, attention sinks, mask and scale right)."""
     torch.manual_seed(0)
     cfg = arm_preset("smoke", arm).model
-    cfg.vocab_size, cfg.smear_key, cfg.qk_conv = 300, smear_key, qk_conv
+    cfg.vocab_size, cfg.smear_key, cfg.qk_conv, cfg.attn_sink = 300, smear_key, qk_conv, sink
     model = build_model(cfg).eval()
     with torch.no_grad():   # sharpen the attention so a wrong mask or rotation cannot hide in near-uniform weights
         for block in model.blocks:
@@ -31,6 +31,8 @@ def test_attention_patterns_reproduce_the_models_own_attention(arm, smear_key, q
             for mix in (block.attn.key_mix, block.attn.query_mix):
                 if mix is not None:
                     mix.copy_(torch.randn(mix.shape))
+            if sink:
+                block.attn.sink_logit.copy_(torch.linspace(-1.0, 3.0, cfg.n_head))
     seqs = repeated_spans(300, 0, n_seqs=3, span_len=12, seed=1)                 # (3, 25)
     qkv, heads_out = [], []
     hooks = [h for b in model.blocks for h in (
@@ -48,7 +50,8 @@ def test_attention_patterns_reproduce_the_models_own_attention(arm, smear_key, q
         v = qkv[layer][:, :T, 2 * cfg.n_embd:].reshape(N, T, H, D).transpose(1, 2)       # (N, H, T, D)
         expected = (pattern @ v).transpose(1, 2).reshape(N, T, H * D)
         assert torch.allclose(heads_out[layer][:, :T], expected, atol=1e-5), (arm, layer)
-        assert torch.allclose(pattern.sum(-1), torch.ones(N, H, T))
+        total = pattern.sum(-1)                                                         # (N, H, T)
+        assert torch.allclose(total, torch.ones(N, H, T)) if not sink else ((total < 1) & (total > 0)).all()
         assert (pattern.triu(1) == 0).all()                                             # causal
 
 

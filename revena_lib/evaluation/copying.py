@@ -80,8 +80,8 @@ def attention_patterns(model, seqs: torch.Tensor) -> list[torch.Tensor] | None:
     """Every layer's attention pattern on ``seqs`` (N, T) with T <= chunk_size: a list of (N, H, T, T) softmax
     weights, or None for models whose attention is not the transformer's block attention (the recursive family reuses
     one core several times per chunk). Within one chunk every layer projects q and k once for the whole sequence; the
-    pattern is recomputed from them (RoPE, causal mask, 1/sqrt(head_dim)), since the fused attention does not return
-    it (tests/test_copying.py checks it against the attention's own output)."""
+    pattern is recomputed from them (RoPE, causal mask, 1/sqrt(head_dim), the sink logits with ``attn_sink``), since the
+    fused attention does not return it (tests/test_copying.py checks it against the attention's own output)."""
     cfg, blocks = model.cfg, getattr(model, "blocks", None)
     if getattr(cfg, "family", "transformer") == "recursive" or blocks is None:
         return None
@@ -110,7 +110,12 @@ def attention_patterns(model, seqs: torch.Tensor) -> list[torch.Tensor] | None:
         q = block.attn.mix_queries(q, torch.cat([torch.zeros_like(k), k], dim=2))   # zeros before position 0
         k = block.attn.smear(k).detach()                                 # both identity without smear_key or qk_conv
         scores = (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(~causal, float("-inf"))
-        patterns.append(scores.softmax(-1))                                        # (N, H, T, T)
+        sink = block.attn.sink_logit                                     # attn_sink: the weight parked on nothing
+        if sink is not None:
+            scores = torch.cat([sink.detach().float().view(1, H, 1, 1).expand(N, H, T, 1), scores], dim=-1)
+            patterns.append(scores.softmax(-1)[..., 1:])                           # (N, H, T, T), rows sum below 1
+        else:
+            patterns.append(scores.softmax(-1))                                    # (N, H, T, T)
     return patterns
 
 

@@ -10,9 +10,11 @@ the minutes and tokens until it copies in-window; the table in the README comes 
 
 Measured so far (``shared/trials`` and the README's "Models that copy" section): from random weights, only
 ``copy_qk_text`` reached the bar, for one seed of three (seed 1338 at step 1,800); it trains the cpu trunks
-(``make pretrain``). The ``trunk_*`` recipes fine-tune from those trunks: in rows longer than the window (256 or
-1,024 tokens) every one of them lost the pass keys, and in the trunk's own 128-token rows they were kept. The rows
-stay so that a longer run, or a GPU, can be compared side by side.
+(``make pretrain``). The ``trunk_*`` recipes fine-tune from those trunks. In the trunk's own 128-token rows the pass
+keys were kept; in rows longer than the window (256 or 1,024 tokens) every mix lost them, with or without attention
+sinks, the more so the longer the rows. ``trunk_own_mixed`` (every other step in 128-token rows) kept them best of
+the long-row recipes, and is the cpu preset's. The rows stay so that a longer run, or a GPU, can be compared side by
+side.
 """
 
 from __future__ import annotations
