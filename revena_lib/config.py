@@ -167,6 +167,9 @@ class TrainConfig:
     recall_near: float = 0.0        # this share of planted copy targets (facts, random spans, repeated passages) is
                                     # asked at most 96 tokens later (inside the window); the rest anywhere in the row.
                                     # In 1,024-token rows 43% land beyond the window, where the baseline cannot copy
+    recall_distance: str = "log-uniform"   # how far back a copy target is asked: "log-uniform" from 8 tokens to the
+                                    # longest that fits, or "uniform" (as many 80-96 back as 8-24: evaluation's 96, with
+                                    # the fact and question, copies ~110 back, the edge of log-uniform draws)
     short_row_every: int = 0        # every this-many-th step (0 = never) reads short_row_len-token rows instead, as many
     short_row_len: int = 128        # as keep the tokens per step, with facts per row scaled to the row: rows of one
                                     # window keep copying general, long rows give the memory its targets (README)

@@ -212,3 +212,26 @@ def test_near_facts_are_asked_within_96_tokens_and_off_changes_nothing(smoke_dat
     again = [plant_row(row, np.random.default_rng(s), 3, tok, **kind) for s in range(4)]
     assert all((a == plant_row(row, np.random.default_rng(s), 3, tok, near=0.0, **kind)).all()
                for s, a in enumerate(again))
+
+
+def test_uniform_distances_ask_far_targets_as_often_as_near_ones_and_a_bad_law_is_refused(smoke_data):
+    """recall_distance="uniform": distances 8..96 drawn flat, so the far half (52-96) is about half the draws; the
+    log-uniform default puts about a quarter there."""
+    from revena_lib.data.recall_mix import plant_row
+    from revena_lib.data.splits import load_split
+
+    split = load_split("train")
+    tok = split.tokenizer
+    row = np.asarray(split.tokens[0:1025]).astype(np.int64)
+    far = {}
+    for law in ("log-uniform", "uniform"):
+        gaps = []
+        for seed in range(200):
+            new = plant_row(row, np.random.default_rng(seed), 1, tok, random_spans=True, near=1.0, distance_law=law)
+            changed = np.flatnonzero(new != row)
+            runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
+            gaps.append(int(runs[-1][0] - runs[0][-1] - 1))
+        far[law] = np.mean(np.asarray(gaps) >= 52)
+    assert far["log-uniform"] < 0.35 < 0.4 < far["uniform"] < 0.6
+    with pytest.raises(ValueError, match="recall_distance='flat' must be one of log-uniform, uniform"):
+        plant_row(row, np.random.default_rng(0), 1, tok, distance_law="flat")

@@ -38,6 +38,7 @@ DIGITS = (3, 4)          # answer lengths in digits, by default (TrainConfig.rec
 MIN_DISTANCE = 8         # tokens between the end of the fact and its question
 PASSAGE_TOKENS = (8, 48) # length of a repeated passage of the row's own text (recall_repeats)
 TEXT_CUE_TOKENS = (3, 8) # length of a fact's cue taken from the row's own text (recall_text_cues)
+DISTANCE_LAWS = ("log-uniform", "uniform")   # how a copy target's distance is drawn (TrainConfig.recall_distance)
 NEAR_DISTANCE = 96       # the farthest a "near" fact is asked (recall_near): inside a 128-token window with its cue
 
 
@@ -78,14 +79,16 @@ def _passage(rng: np.random.Generator, row: np.ndarray) -> tuple[list[int], list
 
 def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
               random_spans: bool = False, passages: bool = False, digits=DIGITS, text_cues: float = 0.0,
-              near: float = 0.0) -> np.ndarray:
+              near: float = 0.0, distance_law: str = "log-uniform") -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
     A pair is a training fact (with ``text_cues`` probability one whose cue is the row's own text; with ``near``
     probability one asked at most NEAR_DISTANCE tokens later), or (``random_spans``) a span of random tokens, or
-    (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly from
-    MIN_DISTANCE to the longest that fits, then a start where neither of its two spans overlaps an earlier pair's
-    (pairs may interleave); position 0 is left alone."""
+    (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly
+    (``distance_law``, or "uniform") from MIN_DISTANCE to the longest that fits, then a start where neither of its
+    two spans overlaps an earlier pair's (pairs may interleave); position 0 is left alone."""
+    if distance_law not in DISTANCE_LAWS:
+        raise ValueError(f"recall_distance={distance_law!r} must be one of {', '.join(DISTANCE_LAWS)}")
     original = row
     row = row.copy()
     T = len(row)
@@ -108,7 +111,10 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
         if longest < MIN_DISTANCE:
             break
         for _attempt in range(20):
-            distance = int(np.exp(rng.uniform(np.log(MIN_DISTANCE), np.log(longest + 1))))
+            if distance_law == "uniform":     # as many copies 80-96 tokens back as 8-24
+                distance = int(rng.integers(MIN_DISTANCE, longest + 1))
+            else:
+                distance = int(np.exp(rng.uniform(np.log(MIN_DISTANCE), np.log(longest + 1))))
             distance = min(max(distance, MIN_DISTANCE), longest)
             start = int(rng.integers(1, T - 2 * n - distance + 1))
             question = start + n + distance
@@ -122,7 +128,7 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
 
 def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
                 induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS,
-                text_cues: float = 0.0, near: float = 0.0) -> np.ndarray:
+                text_cues: float = 0.0, near: float = 0.0, distance_law: str = "log-uniform") -> np.ndarray:
     """Plant facts in a ``share`` of the batch's rows (B, T+1) (``text_cues`` of them with a cue of the row's own
     text, ``near`` of them asked within NEAR_DISTANCE tokens), repeated random-token spans in another
     ``induction_share``, and repeated passages of the row's own text in another ``repeats_share``; deterministic per
@@ -137,9 +143,12 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
         rng = np.random.default_rng([seed, step, b, 0x5EED])
         draw = rng.random()
         if draw < share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, near=near)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, near=near,
+                               distance_law=distance_law)
         elif draw < share + induction_share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True, near=near)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True, near=near,
+                               distance_law=distance_law)
         elif draw < share + induction_share + repeats_share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True, near=near)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True, near=near,
+                               distance_law=distance_law)
     return out

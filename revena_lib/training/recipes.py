@@ -172,6 +172,12 @@ RECIPES: dict[str, Recipe] = {
                               "it lost them, and the memory needs long rows",
                               {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
                                "recall_near": 0.8, "short_row_every": 2}, {"qk_conv": 2}),
+    "trunk_own_mixed_uniform": Recipe("trunk_own_mixed with copy distances drawn uniformly, not log-uniformly "
+                                      "(TrainConfig.recall_distance): evaluation's distance 96 copies about 110 tokens "
+                                      "back, where log-uniform draws are rare, and 96 is what long rows wore away",
+                                      {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
+                                       "recall_near": 0.8, "short_row_every": 2, "recall_distance": "uniform"},
+                                      {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
