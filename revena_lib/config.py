@@ -190,6 +190,8 @@ class TrainConfig:
     # this preset and seed (trunks/<preset>/seed-<seed>/, built by `make pretrain`); anything else = a trunk directory.
     # Only transformer-family arms can start from a trunk; the others start random and their config.json says why.
     init_from: str = ""
+    memory_lr_mult: float = 1.0     # the LTM's own parameters (its gate, one logit per head) learn at lr x this: fine-tuned
+                                    # from a trunk at a small lr, the gate stays where it started (-2: sigmoid 0.12)
 
 
 @dataclass

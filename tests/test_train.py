@@ -17,6 +17,7 @@ import torch
 from revena_lib.training import batches as batches_mod
 from revena_lib.training.checkpoint import CheckpointError, load_checkpoint, load_model
 from revena_lib.config import ModelConfig, TrainConfig, get_preset
+from revena_lib.models.ltm import GATE_INIT_LOGIT
 from revena_lib.models.transformer import RevenaLM
 from revena_lib.training import TrainError
 from revena_lib.training.batches import batch_for_step
@@ -319,3 +320,34 @@ def test_torchrun_two_cpu_processes(smoke_data, tmp_path):
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     checksums = dict(re.findall(r"rank (\d) final param checksum ([-+.0-9e]+)", result.stderr))
     assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
+
+
+def test_the_memory_gate_can_learn_faster_than_the_trunk_it_joins():
+    """memory_lr_mult: the LTM gate gets its own group whose lr is the schedule's times the multiplier; at 1 (the
+    default) the groups are what they were, so checkpoints of earlier runs still load."""
+    from revena_lib.training.loop import make_optimizer
+
+    model = RevenaLM(ModelConfig(n_layer=2, n_head=2, n_embd=32, use_ltm=True))
+    assert len(param_groups(model, 0.1)) == 2
+    groups = param_groups(model, 0.1, memory_lr_mult=10.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in groups[2]["params"]] == ["ltm_gate_logit"] and groups[2]["lr_mult"] == 10.0
+    assert sum(p.numel() for g in groups for p in g["params"]) == model.num_parameters()
+    assert len(param_groups(RevenaLM(ModelConfig(n_layer=2, n_head=2, n_embd=32)), 0.1, 10.0)) == 2   # no memory
+    cfg = TrainConfig(lr=1e-3, memory_lr_mult=10.0)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    assert [g.get("lr_mult", 1.0) for g in opt.param_groups] == [1.0, 1.0, 10.0]
+
+
+def test_a_training_step_moves_the_gate_by_the_multiplied_lr(smoke_data, tmp_path):
+    """One AdamW step moves each parameter by about its group's lr: the gate 100x as far under memory_lr_mult=100,
+    every other tensor exactly as far as without it (the same batch, the same gradients)."""
+    moved = {}
+    for mult in (1.0, 100.0):
+        preset = smoke(steps=1, eval_interval=1)
+        preset.train.memory_lr_mult = mult
+        out = train(preset, with_ltm=True, seed=5, out_dir=tmp_path / str(mult), progress=False)
+        moved[mult] = load_checkpoint(out / "checkpoint.pt")["model"]
+    step = {m: (moved[m]["ltm_gate_logit"] - GATE_INIT_LOGIT).abs() for m in moved}     # every gate starts there
+    assert torch.allclose(step[100.0], 100 * step[1.0], rtol=0.05) and (step[1.0] > 0).any()
+    assert all(torch.equal(moved[1.0][k], moved[100.0][k]) for k in moved[1.0] if k != "ltm_gate_logit")

@@ -72,18 +72,24 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return param.dim() >= 2 and "gate" not in name.lower()
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, memory_lr_mult: float = 1.0) -> list[dict]:
+    """Decayed weight matrices, the rest undecayed, and (when ``memory_lr_mult`` != 1) a third group of the LTM's
+    own parameters (its gate) whose learning rate is the schedule's times ``lr_mult``."""
+    decay, no_decay, memory = [], [], []
     for name, p in model.named_parameters():  # named_parameters de-duplicates the tied embedding
         if p.requires_grad:
-            (decay if decays(name, p) else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if memory_lr_mult != 1.0 and name.startswith("ltm_"):
+                memory.append(p)
+            else:
+                (decay if decays(name, p) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return groups + ([{"params": memory, "weight_decay": 0.0, "lr_mult": memory_lr_mult}] if memory else [])
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # fused AdamW is one kernel per step instead of a handful per parameter (CUDA and, since torch 2.4, CPU).
     fused = device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= "2.4")
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.memory_lr_mult), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              fused=fused)
 
 
@@ -489,7 +495,7 @@ def _optimizer_step(run: _Run, step: int, stop) -> torch.Tensor:
     cfg, ranks, my_rank = run.cfg, world_size(), rank()
     lr = lr_at_step(step, cfg)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
     x, y = training_batch(run.train_split, run.seed, step, cfg)                            # (B, T) global batch
     x, y = x[my_rank::ranks].to(run.device), y[my_rank::ranks].to(run.device)            # this rank's rows
     with autocast(run.device, run.dtype):
