@@ -178,6 +178,14 @@ RECIPES: dict[str, Recipe] = {
                                       {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
                                        "recall_near": 0.8, "short_row_every": 2, "recall_distance": "uniform"},
                                       {"qk_conv": 2}),
+    "trunk_mixed_rows": Recipe("the cpu preset's: trunk_own_mixed_uniform, and the LTM's gate learning at 10x the lr "
+                               "(TrainConfig.memory_lr_mult; 3e-3, the lr it learnt at from random): fine-tuned at "
+                               "3e-4, the gate stayed at its initial -2.0 (+-0.03) in every seed, so the memory "
+                               "had no chance to switch itself on; nothing else changes, so the baseline trains "
+                               "exactly as under trunk_own_mixed_uniform",
+                               {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
+                                "recall_near": 0.8, "short_row_every": 2, "recall_distance": "uniform",
+                                "memory_lr_mult": 10.0}, {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
