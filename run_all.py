@@ -5,7 +5,7 @@ Each notebook gets the preset as its ``preset`` parameter and runs with the repo
 working directory; executed copies go to ``executed/<preset>/`` (git-ignored), never over the
 sources. Artefacts land in ``data/``, ``trained/`` and ``results/`` (or under ``$REVENA_HOME``).
 
-    python run_all.py                  # the cpu preset: about 40 minutes on a 2-core CPU
+    python run_all.py                  # the cpu preset: about 30 minutes on a 2-core CPU
     python run_all.py --preset smoke   # seconds; what CI runs (every notebook, 09_sleep included)
     python run_all.py --sleep          # cpu, with 09_sleep (opt-in above smoke: it adds about 30 minutes at cpu)
 """
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--preset", default="cpu", choices=PRESETS,
-                        help="smoke: seconds (tests/CI); cpu: ~40 min on a 2-core CPU; paper: the brief's "
+                        help="smoke: seconds (tests/CI); cpu: ~30 min on a 2-core CPU; paper: the brief's "
                              "70M models and 10,000 steps, for a GPU")
     parser.add_argument("--arms", default="baseline,with_ltm",
                         help="comma-separated arms to train, evaluate and plot (rows of revena_lib/arms.py; baseline "

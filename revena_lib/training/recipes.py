@@ -13,8 +13,8 @@ Measured so far (``shared/trials`` and the README's "Models that copy" section):
 (``make pretrain``). The ``trunk_*`` recipes fine-tune from those trunks. In the trunk's own 128-token rows the pass
 keys were kept; in rows longer than the window (256 or 1,024 tokens) every mix lost them, with or without attention
 sinks, the more so the longer the rows. ``trunk_own_mixed`` (every other step in 128-token rows) kept them best of
-the long-row recipes, and is the cpu preset's. The rows stay so that a longer run, or a GPU, can be compared side by
-side.
+the long-row recipes, and better with uniform copy distances; ``trunk_mixed_rows`` adds a faster LTM gate and is the
+cpu preset's. The rows stay so that a longer run, or a GPU, can be compared side by side.
 """
 
 from __future__ import annotations
