@@ -53,6 +53,8 @@ _MID = {**_DENSE, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}
 # The trunk's own mix (copy_qk_text after its ramp), continued from the trunk
 _SHORT = {**_REPEATS, "copy_warmup_steps": 0, "copy_ramp_steps": 0, "copy_share_end": 0.5, "recall_text_cues": 0.5,
           "lr": 3e-4, "init_from": "trunk"}
+_SHORT_LONG = {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16}   # ... in 2 x 1,024-token rows
+_MIXED = {**_SHORT_LONG, "recall_near": 0.8, "short_row_every": 2}                        # ... every other step 16 x 128
 
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
@@ -155,37 +157,30 @@ RECIPES: dict[str, Recipe] = {
     "trunk_own_long": Recipe("trunk_short_rows (the trunk's own mix, repeated passages of text in four rows of ten) in "
                              "2 x 1,024-token rows, 16 facts in a fact row: every long-row recipe before dropped "
                              "repeated passages to a fifth or none, and kept copying the training format while "
-                             "losing unseen cues", {**_SHORT, "seq_len": 1024, "batch_size": 2,
-                                                    "recall_facts_per_row": 16}, {"qk_conv": 2}),
+                             "losing unseen cues", dict(_SHORT_LONG), {"qk_conv": 2}),
     "trunk_own_long_near": Recipe("trunk_own_long with every copy target (facts, repeated passages, random spans) "
                                   "asked within 96 tokens: in the trunk's mix, pass keys were kept in 128-token rows, "
                                   "fell slowly in 256-token ones and fast in 1,024-token ones, as the share of copy "
                                   "targets beyond the window grew (0, 14%, 43%)",
-                                  {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
-                                   "recall_near": 1.0}, {"qk_conv": 2}),
+                                  {**_SHORT_LONG, "recall_near": 1.0}, {"qk_conv": 2}),
     "trunk_own_long_far": Recipe("trunk_own_long_near with a fifth of the copy targets anywhere in the row: the "
                                  "memory's training signal beyond the window",
-                                 {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
-                                  "recall_near": 0.8}, {"qk_conv": 2}),
+                                 {**_SHORT_LONG, "recall_near": 0.8}, {"qk_conv": 2}),
     "trunk_own_mixed": Recipe("trunk_own_long_far with every other step in the trunk's own 16 x 128-token rows "
                               "(short_row_every=2): in rows of one window the trunk kept its pass keys, in long rows "
                               "it lost them, and the memory needs long rows",
-                              {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
-                               "recall_near": 0.8, "short_row_every": 2}, {"qk_conv": 2}),
+                              dict(_MIXED), {"qk_conv": 2}),
     "trunk_own_mixed_uniform": Recipe("trunk_own_mixed with copy distances drawn uniformly, not log-uniformly "
                                       "(TrainConfig.recall_distance): evaluation's distance 96 copies about 110 tokens "
                                       "back, where log-uniform draws are rare, and 96 is what long rows wore away",
-                                      {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
-                                       "recall_near": 0.8, "short_row_every": 2, "recall_distance": "uniform"},
+                                      {**_MIXED, "recall_distance": "uniform"},
                                       {"qk_conv": 2}),
     "trunk_mixed_rows": Recipe("the cpu preset's: trunk_own_mixed_uniform, and the LTM's gate learning at 10x the lr "
                                "(TrainConfig.memory_lr_mult; 3e-3, the lr it learnt at from random): fine-tuned at "
                                "3e-4, the gate stayed at its initial -2.0 (+-0.03) in every seed, so the memory "
                                "had no chance to switch itself on; nothing else changes, so the baseline trains "
                                "exactly as under trunk_own_mixed_uniform",
-                               {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16,
-                                "recall_near": 0.8, "short_row_every": 2, "recall_distance": "uniform",
-                                "memory_lr_mult": 10.0}, {"qk_conv": 2}),
+                               {**_MIXED, "recall_distance": "uniform", "memory_lr_mult": 10.0}, {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
