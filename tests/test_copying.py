@@ -125,6 +125,18 @@ def test_recipes_set_their_fields_and_name_themselves():
         apply_recipe("cpu", "nope")
 
 
+def written_runs(row: np.ndarray, new: np.ndarray) -> list[np.ndarray]:
+    """The runs of consecutive positions where planting changed ``row`` into ``new``."""
+    changed = np.flatnonzero(new != row)
+    return np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
+
+
+def pair_gap(row: np.ndarray, new: np.ndarray) -> int:
+    """Tokens between the end of the first written piece and the start of the last: one pair's distance."""
+    runs = written_runs(row, new)
+    return int(runs[-1][0] - runs[0][-1] - 1)
+
+
 def test_repeated_passages_are_the_rows_own_text_written_twice(smoke_data):
     from revena_lib.data.recall_mix import PASSAGE_TOKENS, plant_facts
     from revena_lib.data.splits import load_split
@@ -138,8 +150,7 @@ def test_repeated_passages_are_the_rows_own_text_written_twice(smoke_data):
         assert len(changed) > 0
         # every changed token belongs to a passage of the original row that now appears a second time
         original = row.tolist()
-        runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
-        for run in runs:
+        for run in written_runs(row, new):
             piece = new[run[0]:run[-1] + 1].tolist()
             assert any(original[s:s + len(piece)] == piece for s in range(len(original) - len(piece) + 1))
         assert len(changed) <= 2 * 2 * PASSAGE_TOKENS[1]
@@ -178,8 +189,7 @@ def test_text_cued_facts_are_the_rows_own_text_then_a_number_written_twice(smoke
         assert not any(t.split("{")[0] in text for t in TEMPLATES if t.split("{")[0].strip())   # no template cue
         assert any(t.split("{")[0] in tok.decode(old.tolist()) for t in TEMPLATES)
         changed = np.flatnonzero(row != new)
-        runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
-        pieces = [new[r[0]:r[-1] + 1].tolist() for r in runs]
+        pieces = [new[r[0]:r[-1] + 1].tolist() for r in written_runs(row, new)]
         assert len(pieces) >= 2 and all(any(c.isdigit() for c in tok.decode(p)) for p in pieces)
         for piece in pieces:   # each written piece (cue, ' ', digits, '.') appears twice in the row
             n = len(piece)
@@ -203,11 +213,7 @@ def test_near_facts_are_asked_within_96_tokens_and_off_changes_nothing(smoke_dat
     gaps = {0.0: [], 1.0: []}
     for near in gaps:
         for seed in range(12):
-            new = plant_row(row, np.random.default_rng(seed), 1, tok, near=near, **kind)
-            changed = np.flatnonzero(new != row)
-            runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
-            first, last = runs[0], runs[-1]
-            gaps[near].append(int(last[0] - first[-1] - 1))   # tokens between the fact and its question
+            gaps[near].append(pair_gap(row, plant_row(row, np.random.default_rng(seed), 1, tok, near=near, **kind)))
     assert max(gaps[1.0]) <= NEAR_DISTANCE < max(gaps[0.0])
     again = [plant_row(row, np.random.default_rng(s), 3, tok, **kind) for s in range(4)]
     assert all((a == plant_row(row, np.random.default_rng(s), 3, tok, near=0.0, **kind)).all()
@@ -228,9 +234,7 @@ def test_uniform_distances_ask_far_targets_as_often_as_near_ones_and_a_bad_law_i
         gaps = []
         for seed in range(200):
             new = plant_row(row, np.random.default_rng(seed), 1, tok, random_spans=True, near=1.0, distance_law=law)
-            changed = np.flatnonzero(new != row)
-            runs = np.split(changed, np.flatnonzero(np.diff(changed) > 1) + 1)
-            gaps.append(int(runs[-1][0] - runs[0][-1] - 1))
+            gaps.append(pair_gap(row, new))
         far[law] = np.mean(np.asarray(gaps) >= 52)
     assert far["log-uniform"] < 0.35 < 0.4 < far["uniform"] < 0.6
     with pytest.raises(ValueError, match="recall_distance='flat' must be one of log-uniform, uniform"):

@@ -139,16 +139,14 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
         raise ValueError(f"recall_fact_digits={tuple(digits)}: training facts need lengths >= 1 and never 5 digits, "
                          "the length of evaluation's pass keys (a model must copy them, not know their length)")
     out = rows.copy()
+    where = {"near": near, "distance_law": distance_law}       # how far back every kind of copy target is asked
     for b in range(rows.shape[0]):
         rng = np.random.default_rng([seed, step, b, 0x5EED])
         draw = rng.random()
         if draw < share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, near=near,
-                               distance_law=distance_law)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, **where)
         elif draw < share + induction_share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True, near=near,
-                               distance_law=distance_law)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True, **where)
         elif draw < share + induction_share + repeats_share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True, near=near,
-                               distance_law=distance_law)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, passages=True, **where)
     return out

@@ -89,8 +89,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, memory_lr_mult: fl
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # fused AdamW is one kernel per step instead of a handful per parameter (CUDA and, since torch 2.4, CPU).
     fused = device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= "2.4")
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.memory_lr_mult), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=fused)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.memory_lr_mult), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 # -----------------------------------------------------------------------------
