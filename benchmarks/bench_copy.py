@@ -13,10 +13,13 @@ control (``revena_lib/evaluation/copying.py``):
 
 It prints the minutes and tokens until pass-key exact >= 0.9 at both distances, or "not reached by N", and one
 table with the recipes side by side. Runs live in ``--out`` (one directory per recipe and seed) and a second call
-with the same arguments continues them where they stopped (probes already taken are read back).
+with the same arguments continues them where they stopped (probes already taken are read back). A run stops at its
+first probe that copies; ``--to-end`` probes to the last step anyway, for fine-tunes from a trunk that copies from the
+start, where the question is whether they keep it.
 
     .venv/bin/python benchmarks/bench_copy.py --recipes landed,repeats --steps 1800 --every 300
     .venv/bin/python benchmarks/bench_copy.py --recipes landed --steps 15000 --every 1000 --out bench_runs/long
+    .venv/bin/python benchmarks/bench_copy.py --recipes trunk_mixed_gentle --seeds 1338 --to-end
 
 Needs prepared cpu data (``python -m revena_lib.prepare_data --preset cpu``). One recipe at --steps 900 takes about
 8-15 minutes on one core, probes included.
@@ -60,16 +63,17 @@ def copies(row: dict) -> bool:
 
 
 def run_recipe(recipe: str, seed: int, steps: int, every: int, out: Path, val, items: int,
-               preset_name: str = "cpu") -> list[dict]:
-    """Train (or continue) one recipe's run to ``steps``, probing every ``every`` steps, until it copies; returns the
-    probe rows (those of an earlier call included)."""
+               preset_name: str = "cpu", to_end: bool = False) -> list[dict]:
+    """Train (or continue) one recipe's run to ``steps``, probing every ``every`` steps, until it copies (or, with
+    ``to_end``, to the last step: a fine-tune from a copying trunk copies at once, and what it asks is whether the
+    copying is kept); returns the probe rows (those of an earlier call included)."""
     preset = apply_recipe(preset_name, recipe)
     tokens_per_step = preset.train.batch_size * preset.train.seq_len
     run = out / f"{recipe}-seed-{seed}"
     log = run / PROBE_LOG
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     done = {r["step"] for r in rows}
-    if any(copies(r) for r in rows):
+    if not to_end and any(copies(r) for r in rows):
         return rows
     for stop in range(every, steps + every, every):
         stop = min(stop, steps)
@@ -85,7 +89,7 @@ def run_recipe(recipe: str, seed: int, steps: int, every: int, out: Path, val, i
         with open(log, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(format_row(row), flush=True)
-        if copies(row):
+        if copies(row) and not to_end:
             break
     return rows
 
@@ -134,6 +138,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("REVENA_THREADS", "0") or 0),
                         help="torch threads (0 = torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write every probe row here")
+    parser.add_argument("--to-end", action="store_true",
+                        help="probe to the last step even once the run copies: for fine-tunes from a trunk, which "
+                             "copy from the start, the question is whether they keep it")
     args = parser.parse_args(argv)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     try:
@@ -149,7 +156,8 @@ def main(argv=None) -> None:
     val = load_split("val")
     print(f"bench_copy: {args.preset} baseline, recipes {', '.join(recipes)}, seeds {seeds}, {args.steps} steps, probes every "
           f"{args.every}; torch {torch.__version__}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}")
-    rows = {(r, s): run_recipe(r, s, args.steps, args.every, args.out, val, args.items, args.preset) for r in recipes for s in seeds}
+    rows = {(r, s): run_recipe(r, s, args.steps, args.every, args.out, val, args.items, args.preset,
+                                args.to_end) for r in recipes for s in seeds}
     print("\n".join(summary(rows)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

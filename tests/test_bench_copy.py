@@ -34,3 +34,14 @@ def test_bench_copy_refuses_an_unknown_recipe(smoke_data, tmp_path):
 
     with pytest.raises(SystemExit, match="unknown recipe 'nope'"):
         bench_copy.main(["--preset", "smoke", "--recipes", "nope", "--out", str(tmp_path)])
+
+
+def test_bench_copy_stops_once_copying_unless_to_end(smoke_data, tmp_path, monkeypatch):
+    # Smoke models never copy, so let every probe count as copying: a run stops at its first probe, unless --to-end
+    # (a fine-tune from a copying trunk, where what counts is whether the copying is kept).
+    monkeypatch.setattr(bench_copy, "copies", lambda row: True)
+    base = ["--preset", "smoke", "--recipes", "landed", "--steps", "4", "--every", "2", "--items", "2", "--threads", "1"]
+    bench_copy.main(base + ["--out", str(tmp_path / "stop"), "--json", str(tmp_path / "stop.json")])
+    bench_copy.main(base + ["--out", str(tmp_path / "end"), "--json", str(tmp_path / "end.json"), "--to-end"])
+    assert [r["step"] for r in json.loads((tmp_path / "stop.json").read_text())] == [2]
+    assert [r["step"] for r in json.loads((tmp_path / "end.json").read_text())] == [2, 4]
