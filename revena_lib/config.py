@@ -164,6 +164,10 @@ class TrainConfig:
                                     # template: a template predicts that a number follows, so its first token (' ' in
                                     # bpe-N) is never copied, and an unseen cue (" The pass key is") gets the text's
                                     # prior (' the', ' not') instead
+    recall_cue_in_place: bool = False  # a text cue is the row's own text where the fact is written (its answer written
+                                    # over the tokens after it), not copied from elsewhere in the row: copied, the cue
+                                    # occurs twice before its question with two continuations (its original text and
+                                    # the number), so the copy's first token is ambiguous and gets hedged
     recall_near: float = 0.0        # this share of planted copy targets (facts, random spans, repeated passages) is
                                     # asked at most 96 tokens later (inside the window); the rest anywhere in the row.
                                     # In 1,024-token rows 43% land beyond the window, where the baseline cannot copy

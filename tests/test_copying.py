@@ -200,6 +200,52 @@ def test_text_cued_facts_are_the_rows_own_text_then_a_number_written_twice(smoke
             == templated).all()
 
 
+def test_in_place_text_cues_occur_once_before_their_question_and_off_changes_nothing(smoke_data):
+    """recall_cue_in_place: the cue is the row's own text where the fact is written (only the answer after it is
+    written over), so before the question the cue occurs once, followed by the number; a cue copied from elsewhere
+    occurs twice there, once followed by its original text."""
+    from revena_lib.data.recall_mix import DIGITS, _text_cue_fact, _text_cue_in_place, plant_row
+    from revena_lib.data.splits import load_split
+
+    split = load_split("train")
+    tok = split.tokenizer
+    row = np.asarray(split.tokens[300:557]).astype(np.int64)
+
+    def find(seq, piece):
+        return [s for s in range(len(seq) - len(piece) + 1) if seq[s:s + len(piece)].tolist() == list(piece)]
+
+    occurrences = {False: [], True: []}
+    for in_place in occurrences:
+        for seed in range(20):
+            new = plant_row(row, np.random.default_rng(seed), 1, tok, text_cues=1.0, cue_in_place=in_place)
+            rng = np.random.default_rng(seed)     # the same draws as plant_row's first fact: its cue and answer
+            rng.random()
+            if in_place:
+                n_cue, answer = _text_cue_in_place(rng, tok, DIGITS)
+            else:
+                cue, answer = _text_cue_fact(rng, row, tok, DIGITS)
+                n_cue = len(cue)
+            question = find(new, answer)[-1] - n_cue          # the question: its cue, then the answer
+            cue = new[question:question + n_cue].tolist()
+            found = find(new[:question], cue)
+            occurrences[in_place].append(len(found))
+            if in_place:   # at the fact, only the answer was written, right after text that was already there
+                fact = found[0]
+                assert (new[fact:fact + n_cue] == row[fact:fact + n_cue]).all()
+                assert new[fact + n_cue:fact + n_cue + len(answer)].tolist() == answer
+                assert (new[:question] != row[:question]).sum() <= len(answer)
+    assert all(n == 1 for n in occurrences[True])
+    # copied, the cue's original text is also there in most rows (12 of these 20; else it lies after the question or
+    # under a written piece)
+    assert sum(n >= 2 for n in occurrences[False]) >= 8
+    # off draws exactly what it drew before the option existed; without text cues the option changes nothing
+    assert all((plant_row(row, np.random.default_rng(s), 2, tok, text_cues=0.5) ==
+                plant_row(row, np.random.default_rng(s), 2, tok, text_cues=0.5, cue_in_place=False)).all()
+               for s in range(5))
+    assert all((plant_row(row, np.random.default_rng(s), 2, tok) ==
+                plant_row(row, np.random.default_rng(s), 2, tok, cue_in_place=True)).all() for s in range(5))
+
+
 @pytest.mark.parametrize("kind", [{}, {"random_spans": True}])
 def test_near_facts_are_asked_within_96_tokens_and_off_changes_nothing(smoke_data, kind):
     """recall_near: a planted fact's (or random span's) question starts at most NEAR_DISTANCE tokens after the fact

@@ -61,6 +61,15 @@ def _text_cue_fact(rng: np.random.Generator, row: np.ndarray, tokenizer, digits=
     return row[start:start + n].tolist(), answer
 
 
+def _text_cue_in_place(rng: np.random.Generator, tokenizer, digits=DIGITS) -> tuple[int, list[int]]:
+    """(cue length, answer tokens) of a fact whose cue is the row's own text where the fact is written: the cue is
+    read from the row once the fact's place is drawn (``plant_row``), so it occurs once before its question, followed
+    by the number both times."""
+    n = int(rng.integers(TEXT_CUE_TOKENS[0], TEXT_CUE_TOKENS[1] + 1))
+    _, answer = _fact_tokens(rng, tokenizer, digits)
+    return n, answer
+
+
 def _random_span(rng: np.random.Generator, tokenizer) -> tuple[list[int], list[int]]:
     """(first token, rest) of a span of 8-32 uniformly random tokens: the classic inducer of induction heads."""
     span = rng.integers(1, tokenizer.n_vocab, int(rng.integers(8, 33))).tolist()
@@ -79,14 +88,16 @@ def _passage(rng: np.random.Generator, row: np.ndarray) -> tuple[list[int], list
 
 def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer,
               random_spans: bool = False, passages: bool = False, digits=DIGITS, text_cues: float = 0.0,
-              near: float = 0.0, distance_law: str = "log-uniform") -> np.ndarray:
+              near: float = 0.0, distance_law: str = "log-uniform", cue_in_place: bool = False) -> np.ndarray:
     """Write ``n_facts`` (fact, question) pairs over the real tokens of one row (T+1,); returns a copy.
 
     A pair is a training fact (with ``text_cues`` probability one whose cue is the row's own text; with ``near``
     probability one asked at most NEAR_DISTANCE tokens later), or (``random_spans``) a span of random tokens, or
     (``passages``) a passage of the row's own text, written twice. Each pair draws its distance log-uniformly
     (``distance_law``, or "uniform") from MIN_DISTANCE to the longest that fits, then a start where neither of its
-    two spans overlaps an earlier pair's (pairs may interleave); position 0 is left alone."""
+    two spans overlaps an earlier pair's (pairs may interleave); position 0 is left alone. With ``cue_in_place`` a
+    text cue is the row's own text at the fact's start (only the answer after it is written over), so it is not also
+    somewhere else in the row with another continuation."""
     if distance_law not in DISTANCE_LAWS:
         raise ValueError(f"recall_distance={distance_law!r} must be one of {', '.join(DISTANCE_LAWS)}")
     original = row
@@ -95,12 +106,17 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
     taken = np.zeros(T, dtype=bool)
     taken[0] = True
     for _ in range(n_facts):
+        in_place = False
         if passages:
             cue, answer = _passage(rng, original)
         elif random_spans:
             cue, answer = _random_span(rng, tokenizer)
         elif text_cues > 0 and rng.random() < text_cues:      # no draw at 0: the template rows stay as they were
-            cue, answer = _text_cue_fact(rng, original, tokenizer, digits)
+            if cue_in_place:
+                n_cue, answer = _text_cue_in_place(rng, tokenizer, digits)
+                cue, in_place = [0] * n_cue, True             # placeholders: read from the row once the start is drawn
+            else:
+                cue, answer = _text_cue_fact(rng, original, tokenizer, digits)
         else:
             cue, answer = _fact_tokens(rng, tokenizer, digits)
         piece = np.array(cue + answer)                        # the fact and its question are the same tokens
@@ -119,6 +135,8 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
             start = int(rng.integers(1, T - 2 * n - distance + 1))
             question = start + n + distance
             if not (taken[start:start + n].any() or taken[question:question + n].any()):
+                if in_place:    # the cue is the text already at start (original: no earlier pair's tokens)
+                    piece[:n_cue] = original[start:start + n_cue]
                 row[start:start + n] = piece
                 row[question:question + n] = piece
                 taken[start:start + n] = taken[question:question + n] = True
@@ -128,7 +146,8 @@ def plant_row(row: np.ndarray, rng: np.random.Generator, n_facts: int, tokenizer
 
 def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_row: int, tokenizer,
                 induction_share: float = 0.0, repeats_share: float = 0.0, digits=DIGITS,
-                text_cues: float = 0.0, near: float = 0.0, distance_law: str = "log-uniform") -> np.ndarray:
+                text_cues: float = 0.0, near: float = 0.0, distance_law: str = "log-uniform",
+                cue_in_place: bool = False) -> np.ndarray:
     """Plant facts in a ``share`` of the batch's rows (B, T+1) (``text_cues`` of them with a cue of the row's own
     text, ``near`` of them asked within NEAR_DISTANCE tokens), repeated random-token spans in another
     ``induction_share``, and repeated passages of the row's own text in another ``repeats_share``; deterministic per
@@ -144,7 +163,8 @@ def plant_facts(rows: np.ndarray, seed: int, step: int, share: float, facts_per_
         rng = np.random.default_rng([seed, step, b, 0x5EED])
         draw = rng.random()
         if draw < share:
-            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues, **where)
+            out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, digits=digits, text_cues=text_cues,
+                               cue_in_place=cue_in_place, **where)
         elif draw < share + induction_share:
             out[b] = plant_row(rows[b], rng, facts_per_row, tokenizer, random_spans=True, **where)
         elif draw < share + induction_share + repeats_share:

@@ -107,7 +107,7 @@ def _text_batch(split, seed: int, step: int, cfg: TrainConfig) -> tuple[torch.Te
     rows = np.concatenate([x.numpy(), y.numpy()[:, -1:]], axis=1)                         # (B, T+1)
     rows = plant_facts(rows, seed, step, cfg.recall_mix, cfg.recall_facts_per_row, split.tokenizer,
                        cfg.recall_induction, cfg.recall_repeats, tuple(cfg.recall_fact_digits),
-                       cfg.recall_text_cues, cfg.recall_near, cfg.recall_distance)
+                       cfg.recall_text_cues, cfg.recall_near, cfg.recall_distance, cfg.recall_cue_in_place)
     return torch.from_numpy(rows[:, :-1].copy()), torch.from_numpy(rows[:, 1:].copy())
 
 

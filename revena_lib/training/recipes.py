@@ -187,6 +187,12 @@ RECIPES: dict[str, Recipe] = {
                                  "seed 1338 kept 1.00 to step 750 (0.94 at 900); seed 1339 still fell, to 0.12",
                                  {**_MIXED, "recall_distance": "uniform", "lr": 1e-4, "memory_lr_mult": 30.0},
                                  {"qk_conv": 2}),
+    "trunk_mixed_clean": Recipe("trunk_mixed_gentle with text cues in place (TrainConfig.recall_cue_in_place): a cue "
+                                "copied from elsewhere in the row occurs twice before its question, once followed by "
+                                "its own text, so the copy's first token is ambiguous; seed 1339 lost exactly that "
+                                "token at distance 96 (' ' -> ' a')",
+                                {**_MIXED, "recall_distance": "uniform", "lr": 1e-4, "memory_lr_mult": 30.0,
+                                 "recall_cue_in_place": True}, {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
