@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from revena_lib.arms import arm_preset
-from revena_lib.config import PRESETS, get_preset
+from revena_lib.config import PRESETS, get_preset, preset_copy
 from revena_lib.data.splits import load_meta, load_split
 from revena_lib.evaluation import EvalError
 from revena_lib.evaluation.arm_runs import check_arms_match
@@ -145,6 +145,23 @@ def test_pretrain_again_leaves_a_finished_trunk_as_it_is(home, capsys):
     assert after == before
     with pytest.raises(TrunkError, match="holds a trunk of 4 steps, not 6: pass --resume"):
         pretrain("smoke", SEED, steps=6, progress=False)
+    # a preset whose pretrain recipe changed refuses the trunk (and, without one, the run) of the old recipe: a resume
+    # would keep the old recipe, so only --force trains one under the new
+    other = preset_copy("smoke")
+    other.pretrain.recipe = "short_dense"
+    with pytest.raises(TrunkError, match=r"holds a trunk trained under recipe '', not the preset's 'short_dense' "
+                                         r"\(PretrainConfig.recipe\): pass --force"):
+        pretrain(other, SEED, progress=False)
+    saved = {p: p.read_bytes() for p in (directory / TRUNK_FILE, directory / RECORD_FILE)}
+    try:
+        for p in saved:
+            p.unlink()
+        with pytest.raises(TrunkError, match=r"holds a run trained under recipe '', not the preset's 'short_dense'"):
+            pretrain(other, SEED, progress=False)
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
+    assert [(p.name, p.stat().st_size) for p in saved] == [(p.name, len(d)) for p, d in saved.items()]
 
 
 def test_an_interrupted_pretrain_continues_exactly_with_resume(smoke_home, tmp_path, monkeypatch, trunk_home):

@@ -45,10 +45,12 @@ def pretrain(preset: str | Preset, seed: int, steps: int | None = None, resume: 
     Ctrl-C saves the run's checkpoint and raises TrainingInterrupted (continue with ``resume``)."""
     preset = preset_copy(preset)
     trunk_train = trunk_preset(preset, steps)
-    wanted = trunk_train.train.steps
+    wanted, recipe = trunk_train.train.steps, trunk_train.train.recipe
     directory, run = trunk_dir(preset.name, seed), trunk_run_dir(preset.name, seed)
-    if not force and _trunk_is_done(directory, wanted, resume):
+    if not force and _trunk_is_done(directory, wanted, resume, recipe):
         return directory
+    if not force:
+        _check_recipe("run", run, _run_recipe(run), recipe)
     # A finished run of the wanted length is reused as it is (nothing retrains): only the trunk is written again.
     reuse = not force and _run_finished(run, wanted)
     run = train(trunk_train, arm=BASELINE, seed=seed, out_dir=run, resume=resume or reuse, force=force,
@@ -56,9 +58,25 @@ def pretrain(preset: str | Preset, seed: int, steps: int | None = None, resume: 
     return write_trunk(preset, seed, run, device, probe_items)
 
 
-def _trunk_is_done(directory: Path, wanted: int, resume: bool) -> bool:
+def _check_recipe(what: str, path: Path, found: str | None, wanted: str) -> None:
+    """TrunkError if the trunk or run at ``path`` was trained under another recipe than the preset's pretrain recipe
+    (a resumed run keeps its own recipe, so only --force makes one under the new recipe)."""
+    if found is not None and found != wanted:
+        raise TrunkError(f"{path} holds a {what} trained under recipe {found!r}, not the preset's {wanted!r} "
+                         f"(PretrainConfig.recipe): pass --force to train one under {wanted!r} from scratch")
+
+
+def _run_recipe(run: Path) -> str | None:
+    """The recipe of the run in ``run`` (None: no readable run there)."""
+    try:
+        return ckpt.read_config(run)["train"].get("recipe", "")
+    except (ckpt.CheckpointError, KeyError):
+        return None
+
+
+def _trunk_is_done(directory: Path, wanted: int, resume: bool, recipe: str) -> bool:
     """True if ``directory`` holds an intact trunk of ``wanted`` steps (nothing to do). A broken one is rebuilt; one of
-    another length only with ``resume``."""
+    another length only with ``resume``; one of another recipe is refused (TrunkError naming --force)."""
     if not ((directory / RECORD_FILE).exists() or (directory / TRUNK_FILE).exists()):
         return False
     try:
@@ -66,6 +84,7 @@ def _trunk_is_done(directory: Path, wanted: int, resume: bool) -> bool:
     except TrunkError as e:
         print(f"revena: {e}: rebuilding it", file=sys.stderr)
         return False
+    _check_recipe("trunk", directory, record.get("recipe"), recipe)
     if record.get("steps") == wanted:
         print(f"revena: {directory} already holds the trunk ({wanted} steps, sha256 {record['sha256'][:12]}...); "
               "nothing to do (--force rebuilds it)", file=sys.stderr)

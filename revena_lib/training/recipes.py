@@ -115,6 +115,13 @@ RECIPES: dict[str, Recipe] = {
                            "prior (' to', ' not'), because after a template a number always follows and that token "
                            "is never copied", {**_REPEATS, "copy_share_end": 0.5, "recall_text_cues": 0.5},
                            {"qk_conv": 2}),
+    "copy_qk_clean": Recipe("copy_qk_text with text cues in place (recall_cue_in_place) and copy distances drawn "
+                            "uniformly (recall_distance): copy_qk_text's seed 1339 trunk copied the training format "
+                            "96 tokens back (0.94) but lost evaluation's pass keys there to the first token (' ' -> "
+                            "' a'), which a cue seen twice with two continuations teaches it to hedge; and evaluation's "
+                            "distance 96 copies ~110 tokens back, which log-uniform draws rarely ask",
+                            {**_REPEATS, "copy_share_end": 0.5, "recall_text_cues": 0.5, "recall_cue_in_place": True,
+                             "recall_distance": "uniform"}, {"qk_conv": 2}),
     "trunk_long_rows": Recipe("fine-tuning from the preset's trunk (make pretrain) in the landed 2 x 1,024-token rows, "
                               "where facts are asked beyond the window and the receptive field: lr 1e-3, planted "
                               "numbers of every length but 5 (half of them cued by the row's own text), a fifth of "
