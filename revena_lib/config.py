@@ -265,23 +265,25 @@ def _cpu() -> Preset:
         # qk_conv=2 (one head matches the two tokens before a key): the trunks were trained with it, and every
         # transformer arm starts from its seed's trunk (README, "Models that copy").
         model=ModelConfig(n_layer=4, n_head=4, n_embd=128, qk_conv=2),
-        # Recipe trunk_mixed_rows (training/recipes.py; a test keeps the two equal): 900 steps from the shipped trunk.
+        # Recipe trunk_mixed_clean (training/recipes.py; a test keeps the two equal): 900 steps from the shipped trunk.
         # Odd steps read 2 x 1,024-token rows, longer than the receptive field of the stacked windows (4 x 127 = 508),
         # so a fifth of the copy targets land beyond the window and the receptive field, where only a memory can
         # answer; even steps read 16 x 128-token rows (one window), where the trunk kept its pass keys and long rows
-        # alone lost them. Rows carry planted facts (3 in 10; half cued by the row's own text), repeated random spans
-        # (2 in 10), repeated passages of text (4 in 10), and half of them are synthetic copy episodes. Copy distances
-        # are uniform, not log-uniform (evaluation's 96 copies ~110 back). The LTM's gate learns at 10 x lr.
-        # 900 x 2,048 = 1.8 M tokens per run, ~8 min as one of two parallel one-thread processes.
-        train=TrainConfig(seq_len=1024, batch_size=2, steps=900, warmup_steps=50, lr=3e-4,
+        # alone lost them. Rows carry planted facts (3 in 10; half cued by the row's own text where the fact stands),
+        # repeated random spans (2 in 10), repeated passages of text (4 in 10), and half of them are synthetic copy
+        # episodes. Copy distances are uniform, not log-uniform (evaluation's 96 copies ~110 back). lr 1e-4: at 3e-4
+        # the trunks lost more of distance 96; the LTM's gate learns at 30 x lr (3e-3, its rate from random).
+        # 900 x 2,048 = 1.8 M tokens per run, ~7 min as one of two parallel one-thread processes.
+        train=TrainConfig(seq_len=1024, batch_size=2, steps=900, warmup_steps=50, lr=1e-4,
                           log_interval=10, eval_interval=150, eval_batches=8,
                           recall_mix=0.3, recall_facts_per_row=16, recall_induction=0.2, recall_repeats=0.4,
-                          recall_fact_digits=(2, 3, 4, 6, 7, 8), recall_text_cues=0.5, recall_near=0.8,
-                          recall_distance="uniform", short_row_every=2, short_row_len=128, copy_share_end=0.5,
-                          copy_gap_max=96, memory_lr_mult=10.0, recipe="trunk_mixed_rows", init_from="trunk"),
-        # The trunks (make pretrain, shipped in trunks/cpu/): the baseline trained from random under copy_qk_text for
-        # 3,000 steps (README, "Models that copy"), about 22 minutes per seed on one core.
-        pretrain=PretrainConfig(recipe="copy_qk_text", steps=3000),
+                          recall_fact_digits=(2, 3, 4, 6, 7, 8), recall_text_cues=0.5, recall_cue_in_place=True,
+                          recall_near=0.8, recall_distance="uniform", short_row_every=2, short_row_len=128,
+                          copy_share_end=0.5, copy_gap_max=96, memory_lr_mult=30.0, recipe="trunk_mixed_clean",
+                          init_from="trunk"),
+        # The trunks (make pretrain, shipped in trunks/cpu/): the baseline trained from random under copy_qk_clean for
+        # 3,000 steps (README, "Models that copy"), about 20 minutes per seed on one core.
+        pretrain=PretrainConfig(recipe="copy_qk_clean", steps=3000),
         # Distances 32 and 96 are inside the 128-token window (the fact is visible), 192 and 384 between the window
         # and the receptive field (508), 768 beyond it. 200 items at 768 (16 elsewhere), so an interval beyond the
         # receptive field can exclude zero (issue 10): the cheapest way there, since only that distance grows.

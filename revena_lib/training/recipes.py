@@ -182,7 +182,8 @@ RECIPES: dict[str, Recipe] = {
                                       "back, where log-uniform draws are rare, and 96 is what long rows wore away",
                                       {**_MIXED, "recall_distance": "uniform"},
                                       {"qk_conv": 2}),
-    "trunk_mixed_rows": Recipe("the cpu preset's: trunk_own_mixed_uniform, and the LTM's gate learning at 10x the lr "
+    "trunk_mixed_rows": Recipe("the cpu preset's before trunk_mixed_clean: trunk_own_mixed_uniform, and the LTM's gate "
+                               "learning at 10x the lr "
                                "(TrainConfig.memory_lr_mult; 3e-3, the lr it learnt at from random): fine-tuned at "
                                "3e-4, the gate stayed at its initial -2.0 (+-0.03) in every seed, so the memory "
                                "had no chance to switch itself on; nothing else changes, so the baseline trains "
@@ -194,10 +195,13 @@ RECIPES: dict[str, Recipe] = {
                                  "seed 1338 kept 1.00 to step 750 (0.94 at 900); seed 1339 still fell, to 0.12",
                                  {**_MIXED, "recall_distance": "uniform", "lr": 1e-4, "memory_lr_mult": 30.0},
                                  {"qk_conv": 2}),
-    "trunk_mixed_clean": Recipe("trunk_mixed_gentle with text cues in place (TrainConfig.recall_cue_in_place): a cue "
-                                "copied from elsewhere in the row occurs twice before its question, once followed by "
-                                "its own text, so the copy's first token is ambiguous; seed 1339 lost exactly that "
-                                "token at distance 96 (' ' -> ' a')",
+    "trunk_mixed_clean": Recipe("the cpu preset's, from copy_qk_clean's trunks: trunk_mixed_gentle with text cues in "
+                                "place (TrainConfig.recall_cue_in_place), as the trunks learnt them: a cue copied from "
+                                "elsewhere in the row occurs twice before its question, once followed by its own "
+                                "text, so the copy's first token is ambiguous; seed 1339 lost exactly that token at "
+                                "distance 96 (' ' -> ' a'). From copy_qk_text's trunks it did not help (seed 1339: "
+                                "0.12 at 900); from copy_qk_clean's, 96 fell from 0.81 to 0.81 (1337) and from 0.94 "
+                                "to 0.75 (1339)",
                                 {**_MIXED, "recall_distance": "uniform", "lr": 1e-4, "memory_lr_mult": 30.0,
                                  "recall_cue_in_place": True}, {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
