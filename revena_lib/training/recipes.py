@@ -8,13 +8,15 @@ the minutes and tokens until it copies in-window; the table in the README comes 
     from revena_lib.training.recipes import apply_recipe
     preset = apply_recipe("cpu", "landed")     # a Preset; train(preset, ...) trains under it
 
-Measured so far (``shared/trials`` and the README's "Models that copy" section): from random weights, only
-``copy_qk_text`` reached the bar, for one seed of three (seed 1338 at step 1,800); it trains the cpu trunks
-(``make pretrain``). The ``trunk_*`` recipes fine-tune from those trunks. In the trunk's own 128-token rows the pass
-keys were kept; in rows longer than the window (256 or 1,024 tokens) every mix lost them, with or without attention
-sinks, the more so the longer the rows. ``trunk_own_mixed`` (every other step in 128-token rows) kept them best of
-the long-row recipes, and better with uniform copy distances; ``trunk_mixed_rows`` adds a faster LTM gate and is the
-cpu preset's. The rows stay so that a longer run, or a GPU, can be compared side by side.
+Measured so far (``shared/trials`` and the README's "Models that copy" section): from random weights,
+``copy_qk_text`` reached the bar for one seed of three (seed 1338 at step 1,800), and ``copy_qk_clean`` (its text
+cues in place) for two (seeds 1338 and 1339 at step 2,700); ``copy_qk_clean`` trains the cpu trunks
+(``make pretrain``). The ``trunk_*`` recipes fine-tune from a trunk. In the trunk's own 128-token rows the pass keys
+were kept; in rows longer than the window (256 or 1,024 tokens) every mix lost them, with or without attention sinks,
+the more so the longer the rows. ``trunk_own_mixed`` (every other step in 128-token rows) kept them best of the
+long-row recipes, and better with uniform copy distances; ``trunk_mixed_rows`` adds a faster LTM gate, and
+``trunk_mixed_clean``, the cpu preset's, a smaller lr (1e-4) and text cues in place. The rows stay so that a longer
+run, or a GPU, can be compared side by side.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ _CURRICULUM = {**_LANDED, "seq_len": 128, "batch_size": 16, "lr": 1e-3, "recall_
                "copy_share_end": 0.3, "copy_vocab": 64, "copy_span_min": 4, "copy_span_max": 16, "copy_gap_max": 96}
 _LENGTHS = (2, 3, 4, 6, 7, 8)    # planted numbers' digits: every length but evaluation's 5
 _REPEATS = {**_CURRICULUM, "recall_fact_digits": _LENGTHS, "recall_induction": 0.2, "recall_repeats": 0.4}
+_QK_TEXT = {**_REPEATS, "copy_share_end": 0.5, "recall_text_cues": 0.5}    # copy_qk_text's (with qk_conv=2)
 
 # Fine-tuning from the preset's trunk (copy_qk_text's): landed's long rows, the copying mix kept; and the denser
 # variant the later fine-tuning recipes start from, in 1,024-token rows and in 256-token ones.
@@ -55,6 +58,8 @@ _SHORT = {**_REPEATS, "copy_warmup_steps": 0, "copy_ramp_steps": 0, "copy_share_
           "lr": 3e-4, "init_from": "trunk"}
 _SHORT_LONG = {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row": 16}   # ... in 2 x 1,024-token rows
 _MIXED = {**_SHORT_LONG, "recall_near": 0.8, "short_row_every": 2}                        # ... every other step 16 x 128
+_MIXED_UNIFORM = {**_MIXED, "recall_distance": "uniform"}                                 # ... copy distances uniform
+_GENTLE = {**_MIXED_UNIFORM, "lr": 1e-4, "memory_lr_mult": 30.0}                          # ... lr 1e-4, the gate at 3e-3
 
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
@@ -113,15 +118,13 @@ RECIPES: dict[str, Recipe] = {
                            "a template: after fine-tuning copy_qk's trunks in long rows, pass keys fell to 0 while "
                            "every digit was still copied; the first answer token (' ' in bpe-4096) went to the text's "
                            "prior (' to', ' not'), because after a template a number always follows and that token "
-                           "is never copied", {**_REPEATS, "copy_share_end": 0.5, "recall_text_cues": 0.5},
-                           {"qk_conv": 2}),
+                           "is never copied", dict(_QK_TEXT), {"qk_conv": 2}),
     "copy_qk_clean": Recipe("copy_qk_text with text cues in place (recall_cue_in_place) and copy distances drawn "
                             "uniformly (recall_distance): copy_qk_text's seed 1339 trunk copied the training format "
                             "96 tokens back (0.94) but lost evaluation's pass keys there to the first token (' ' -> "
                             "' a'), which a cue seen twice with two continuations teaches it to hedge; and evaluation's "
                             "distance 96 copies ~110 tokens back, which log-uniform draws rarely ask",
-                            {**_REPEATS, "copy_share_end": 0.5, "recall_text_cues": 0.5, "recall_cue_in_place": True,
-                             "recall_distance": "uniform"}, {"qk_conv": 2}),
+                            {**_QK_TEXT, "recall_cue_in_place": True, "recall_distance": "uniform"}, {"qk_conv": 2}),
     "trunk_long_rows": Recipe("fine-tuning from the preset's trunk (make pretrain) in the landed 2 x 1,024-token rows, "
                               "where facts are asked beyond the window and the receptive field: lr 1e-3, planted "
                               "numbers of every length but 5 (half of them cued by the row's own text), a fifth of "
@@ -180,30 +183,27 @@ RECIPES: dict[str, Recipe] = {
     "trunk_own_mixed_uniform": Recipe("trunk_own_mixed with copy distances drawn uniformly, not log-uniformly "
                                       "(TrainConfig.recall_distance): evaluation's distance 96 copies about 110 tokens "
                                       "back, where log-uniform draws are rare, and 96 is what long rows wore away",
-                                      {**_MIXED, "recall_distance": "uniform"},
-                                      {"qk_conv": 2}),
+                                      dict(_MIXED_UNIFORM), {"qk_conv": 2}),
     "trunk_mixed_rows": Recipe("the cpu preset's before trunk_mixed_clean: trunk_own_mixed_uniform, and the LTM's gate "
                                "learning at 10x the lr "
                                "(TrainConfig.memory_lr_mult; 3e-3, the lr it learnt at from random): fine-tuned at "
                                "3e-4, the gate stayed at its initial -2.0 (+-0.03) in every seed, so the memory "
                                "had no chance to switch itself on; nothing else changes, so the baseline trains "
                                "exactly as under trunk_own_mixed_uniform",
-                               {**_MIXED, "recall_distance": "uniform", "memory_lr_mult": 10.0}, {"qk_conv": 2}),
+                               {**_MIXED_UNIFORM, "memory_lr_mult": 10.0}, {"qk_conv": 2}),
     "trunk_mixed_gentle": Recipe("trunk_mixed_rows at lr 1e-4 instead of 3e-4, the LTM's gate still at 3e-3 "
                                  "(memory_lr_mult 30): under trunk_mixed_rows, distance 96 fell in fine-tuning from "
                                  "the trunk's 1.00 to 0.75 (seed 1338) and from 0.56 to 0.06 (seed 1339). Measured: "
                                  "seed 1338 kept 1.00 to step 750 (0.94 at 900); seed 1339 still fell, to 0.12",
-                                 {**_MIXED, "recall_distance": "uniform", "lr": 1e-4, "memory_lr_mult": 30.0},
-                                 {"qk_conv": 2}),
+                                 dict(_GENTLE), {"qk_conv": 2}),
     "trunk_mixed_clean": Recipe("the cpu preset's, from copy_qk_clean's trunks: trunk_mixed_gentle with text cues in "
                                 "place (TrainConfig.recall_cue_in_place), as the trunks learnt them: a cue copied from "
                                 "elsewhere in the row occurs twice before its question, once followed by its own "
                                 "text, so the copy's first token is ambiguous; seed 1339 lost exactly that token at "
                                 "distance 96 (' ' -> ' a'). From copy_qk_text's trunks it did not help (seed 1339: "
-                                "0.12 at 900); from copy_qk_clean's, 96 fell from 0.81 to 0.81 (1337) and from 0.94 "
-                                "to 0.75 (1339)",
-                                {**_MIXED, "recall_distance": "uniform", "lr": 1e-4, "memory_lr_mult": 30.0,
-                                 "recall_cue_in_place": True}, {"qk_conv": 2}),
+                                "0.12 at 900); from copy_qk_clean's, 96 held at 0.81 (1337) and fell from 0.94 to "
+                                "0.75 (1339)",
+                                {**_GENTLE, "recall_cue_in_place": True}, {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
