@@ -49,10 +49,11 @@ def pretrain(preset: str | Preset, seed: int, steps: int | None = None, resume: 
     directory, run = trunk_dir(preset.name, seed), trunk_run_dir(preset.name, seed)
     if not force and _trunk_is_done(directory, wanted, resume, recipe):
         return directory
-    if not force:
-        _check_recipe("run", run, _run_recipe(run), recipe)
     # A finished run of the wanted length is reused as it is (nothing retrains): only the trunk is written again.
-    reuse = not force and _run_finished(run, wanted)
+    reuse = False
+    if not force and (config := _run_config(run)) is not None:
+        _check_recipe("run", run, config["train"].get("recipe", "") if "train" in config else None, recipe)
+        reuse = _run_finished(config, run, wanted)
     run = train(trunk_train, arm=BASELINE, seed=seed, out_dir=run, resume=resume or reuse, force=force,
                 progress=progress, device=device)
     return write_trunk(preset, seed, run, device, probe_items)
@@ -66,11 +67,11 @@ def _check_recipe(what: str, path: Path, found: str | None, wanted: str) -> None
                          f"(PretrainConfig.recipe): pass --force to train one under {wanted!r} from scratch")
 
 
-def _run_recipe(run: Path) -> str | None:
-    """The recipe of the run in ``run`` (None: no readable run there)."""
+def _run_config(run: Path) -> dict | None:
+    """The config.json of the run in ``run`` (None: no run there yet, or an unreadable one: train it)."""
     try:
-        return ckpt.read_config(run)["train"].get("recipe", "")
-    except (ckpt.CheckpointError, KeyError):
+        return ckpt.read_config(run)
+    except ckpt.CheckpointError:
         return None
 
 
@@ -96,11 +97,7 @@ def _trunk_is_done(directory: Path, wanted: int, resume: bool, recipe: str) -> b
     return False
 
 
-def _run_finished(run: Path, wanted: int) -> bool:
-    try:
-        config = ckpt.read_config(run)
-    except ckpt.CheckpointError:   # no run there yet, or an unreadable one: train it
-        return False
+def _run_finished(config: dict, run: Path, wanted: int) -> bool:
     return bool(config.get("finished")) and config.get("steps_done") == wanted and (run / ckpt.CHECKPOINT_FILE).exists()
 
 
