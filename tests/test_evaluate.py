@@ -228,6 +228,12 @@ def test_recall_verdicts_need_both_arms_to_copy_in_window(trained_home, results)
     pc = results["with_ltm"]["positive_control"]
     assert set(pc["by_seed"]["1337"]) == {"32"}            # smoke: 32 is the only distance inside the window
     assert pc["threshold"] == 0.9 and pc["worst_seed_distance_exact"] == pc["by_seed"]["1337"]["32"]
+    # every missed in-window key is listed, with what was written instead: as many as exact match says were missed
+    n_items = results["with_ltm"]["recall_by_distance"]["32"]["n"]
+    for seed, per in pc["by_seed"].items():
+        misses = pc["misses"][seed]
+        assert all(m["distance"] == 32 and m["answer"] != m["predicted"] for m in misses)
+        assert len(misses) == round((1 - per["32"]) * n_items)
 
 
 def test_positive_control_passes_only_when_every_seed_and_distance_copies():
@@ -237,3 +243,16 @@ def test_positive_control_passes_only_when_every_seed_and_distance_copies():
     failed = positive_control({1: {32: 1.0, 96: 0.95}, 2: {32: 1.0, 96: 0.85}})
     assert failed["passed"] is False and failed["worst_seed_distance_exact"] == 0.85
     assert positive_control({})["passed"] is False
+
+
+def test_missed_pass_keys_are_listed_with_whether_they_repeat_a_digit():
+    from revena_lib.evaluation.copying import positive_control, positive_control_misses, repeated_digit
+
+    assert repeated_digit(" 31557") and repeated_digit(" 70670") and not repeated_digit(" 12345")
+    assert not repeated_digit(" 9") and not repeated_digit("")
+    pc = positive_control({1: {32: 1.0, 96: 0.5}}, misses={1: [{"distance": 96, "answer": " 31557",
+                                                                 "predicted": " 31555"}]})
+    rows = positive_control_misses({"baseline": {"positive_control": pc}, "comparisons": {"x": 1}})
+    assert rows == [{"arm": "baseline", "seed": "1", "distance": 96, "answer": " 31557", "predicted": " 31555",
+                     "repeated digit": True}]
+    assert positive_control_misses({"baseline": {"positive_control": positive_control({1: {32: 1.0}})}}) == []

@@ -167,15 +167,40 @@ def copy_probe(model, val_split, tokenizer=None, distances=IN_WINDOW_DISTANCES, 
     return out
 
 
-def positive_control(passkey_exact_by_seed: dict, threshold: float = POSITIVE_CONTROL_EXACT) -> dict:
+def positive_control(passkey_exact_by_seed: dict, threshold: float = POSITIVE_CONTROL_EXACT,
+                     misses: dict | None = None) -> dict:
     """Does an arm copy inside its window? ``passkey_exact_by_seed``: {seed: {distance: exact match}} for the
-    in-window distances. Passes when every seed reaches ``threshold`` at every in-window distance."""
+    in-window distances. Passes when every seed reaches ``threshold`` at every in-window distance. ``misses``
+    (optional): {seed: [{"distance", "answer", "predicted"}]}, the in-window pass keys a seed got wrong, kept so a
+    reader sees *how* it fails (see ``repeated_digit``)."""
     worst = min((v for per in passkey_exact_by_seed.values() for v in per.values()), default=float("nan"))
     passed = bool(passkey_exact_by_seed) and worst >= threshold
-    return {"passed": passed, "threshold": threshold, "worst_seed_distance_exact": worst,
-            "by_seed": {str(s): {str(d): float(v) for d, v in per.items()} for s, per in passkey_exact_by_seed.items()},
-            "note": "in-window pass-key exact match per seed and distance; below the threshold for any of them, "
-                    "a recall comparison beyond the window reads 'cannot tell'"}
+    out = {"passed": passed, "threshold": threshold, "worst_seed_distance_exact": worst,
+           "by_seed": {str(s): {str(d): float(v) for d, v in per.items()} for s, per in passkey_exact_by_seed.items()},
+           "note": "in-window pass-key exact match per seed and distance; below the threshold for any of them, "
+                   "a recall comparison beyond the window reads 'cannot tell'"}
+    if misses is not None:
+        out["misses"] = {str(s): list(rows) for s, rows in misses.items()}
+    return out
+
+
+def repeated_digit(answer: str) -> bool:
+    """Whether a pass key repeats a digit (" 31557"). Copying token by token, the token after such a digit is
+    ambiguous unless the head matches the tokens before it too (``ModelConfig.qk_conv``): in "31557" a "5" was
+    followed once by "5" and once by "7". 70% of random 5-digit keys repeat a digit (1 - 10*9*8*7*6 / 10^5)."""
+    digits = [c for c in answer if c.isdigit()]
+    return len(set(digits)) < len(digits)
+
+
+def positive_control_misses(results: dict) -> list[dict]:
+    """One row per in-window pass key an arm's seed got wrong (results.json's ``positive_control.misses``): the key,
+    what the model wrote instead (greedy, teacher-forced) and whether the key repeats a digit (notebook 05)."""
+    rows = []
+    for arm, entry in results.items():
+        pc = entry.get("positive_control") if isinstance(entry, dict) else None
+        for seed, misses in ((pc or {}).get("misses") or {}).items():
+            rows += [{"arm": arm, "seed": seed, **m, "repeated digit": repeated_digit(m["answer"])} for m in misses]
+    return rows
 
 
 def positive_control_rows(results: dict) -> list[dict]:

@@ -144,12 +144,14 @@ def _arm_results(arm, scored: ScoredArm, docs, items, window, throughput, ecfg) 
 
 def _positive_control(scored: ScoredArm, items, window: int, ecfg) -> dict:
     """Does the arm copy inside its window? In-window pass-key exact match per seed and distance (copying.py)."""
-    by_seed = {}
+    by_seed, misses = {}, {}
     for seed, rows in zip(scored.seeds, scored.recall):
-        inside = [(it.distance, r["exact_match"]) for it, r in zip(items, rows)
-                  if it.kind == "passkey" and it.distance < window]
-        by_seed[seed] = {d: float(np.mean([x for dd, x in inside if dd == d])) for d in sorted({d for d, _ in inside})}
-    return positive_control(by_seed, ecfg.positive_control_exact)
+        inside = [(it, r) for it, r in zip(items, rows) if it.kind == "passkey" and it.distance < window]
+        by_seed[seed] = {d: float(np.mean([r["exact_match"] for it, r in inside if it.distance == d]))
+                         for d in sorted({it.distance for it, _ in inside})}
+        misses[seed] = [{"distance": it.distance, "answer": it.answer_text, "predicted": r["predicted_text"]}
+                        for it, r in inside if not r["exact_match"]]
+    return positive_control(by_seed, ecfg.positive_control_exact, misses)
 
 
 def _seed_mean_scores(scored: ScoredArm) -> list[dict]:
