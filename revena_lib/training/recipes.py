@@ -204,6 +204,11 @@ RECIPES: dict[str, Recipe] = {
                                 "0.12 at 900); from copy_qk_clean's, 96 held at 0.81 (1337) and fell from 0.94 to "
                                 "0.75 (1339)",
                                 {**_GENTLE, "recall_cue_in_place": True}, {"qk_conv": 2}),
+    "trunk_mixed_light": Recipe("trunk_mixed_clean at lr 3e-5 instead of 1e-4, the LTM's gate still at 3e-3 "
+                                "(memory_lr_mult 100): under trunk_mixed_clean, distance 96 fell within the first 150 "
+                                "steps from the trunk's 0.94 to 0.75 (seed 1339) and then held",
+                                {**_GENTLE, "recall_cue_in_place": True, "lr": 3e-5, "memory_lr_mult": 100.0},
+                                {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
