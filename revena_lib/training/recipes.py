@@ -61,6 +61,7 @@ _SHORT_LONG = {**_SHORT, "seq_len": 1024, "batch_size": 2, "recall_facts_per_row
 _MIXED = {**_SHORT_LONG, "recall_near": 0.8, "short_row_every": 2}                        # ... every other step 16 x 128
 _MIXED_UNIFORM = {**_MIXED, "recall_distance": "uniform"}                                 # ... copy distances uniform
 _GENTLE = {**_MIXED_UNIFORM, "lr": 1e-4, "memory_lr_mult": 30.0}                          # ... lr 1e-4, the gate at 3e-3
+_CLEAN = {**_GENTLE, "recall_cue_in_place": True}                                         # ... text cues in place
 
 RECIPES: dict[str, Recipe] = {
     "landed": Recipe("the cpu preset's copying curriculum: 2 x 1,024-token rows, half with 8 planted facts asked "
@@ -206,14 +207,13 @@ RECIPES: dict[str, Recipe] = {
                                 "distance 96 (' ' -> ' a'). From copy_qk_text's trunks it did not help (seed 1339: "
                                 "0.12 at 900); from copy_qk_clean's, 96 held at 0.81 (1337) and fell from 0.94 to "
                                 "0.75 (1339)",
-                                {**_GENTLE, "recall_cue_in_place": True}, {"qk_conv": 2}),
+                                dict(_CLEAN), {"qk_conv": 2}),
     "trunk_mixed_light": Recipe("trunk_mixed_clean at lr 3e-5 instead of 1e-4, the LTM's gate still at 3e-3 "
                                 "(memory_lr_mult 100): under trunk_mixed_clean, distance 96 fell within the first 150 "
                                 "steps from the trunk's 0.94 to 0.75 (seed 1339) and then held. Measured: it still fell, "
                                 "to 0.81 at 150 and 900 (log2 p at 96 -0.62 bits per token at 900, against -0.76 "
                                 "at 1e-4 and the trunk's -0.36)",
-                                {**_GENTLE, "recall_cue_in_place": True, "lr": 3e-5, "memory_lr_mult": 100.0},
-                                {"qk_conv": 2}),
+                                {**_CLEAN, "lr": 3e-5, "memory_lr_mult": 100.0}, {"qk_conv": 2}),
     "trunk_own_mid": Recipe("trunk_own_long in 8 x 256-token rows, 4 facts in a fact row",
                             {**_SHORT, "seq_len": 256, "batch_size": 8, "recall_facts_per_row": 4}, {"qk_conv": 2}),
 }
