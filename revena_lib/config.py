@@ -282,7 +282,7 @@ def _cpu() -> Preset:
                           copy_share_end=0.5, copy_gap_max=96, memory_lr_mult=30.0, recipe="trunk_mixed_clean",
                           init_from="trunk"),
         # The trunks (make pretrain, shipped in trunks/cpu/): the baseline trained from random under copy_qk_clean for
-        # 6,000 steps (README, "Models that copy"), about 40 minutes per seed on one core. At 3,000 steps (the cosine
+        # 6,000 steps (README, "Models that copy"), about 38 minutes per seed on one core. At 3,000 steps (the cosine
         # schedule ended at 3,000) no seed copied every pass key 96 tokens back; on the 6,000-step schedule all three
         # did by step 4,000, when the induction score jumped from ~0.15 to 0.3-0.5 nats.
         pretrain=PretrainConfig(recipe="copy_qk_clean", steps=6000),

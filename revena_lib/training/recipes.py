@@ -205,8 +205,9 @@ RECIPES: dict[str, Recipe] = {
                                 "elsewhere in the row occurs twice before its question, once followed by its own "
                                 "text, so the copy's first token is ambiguous; seed 1339 lost exactly that token at "
                                 "distance 96 (' ' -> ' a'). From copy_qk_text's trunks it did not help (seed 1339: "
-                                "0.12 at 900); from copy_qk_clean's, 96 held at 0.81 (1337) and fell from 0.94 to "
-                                "0.75 (1339)",
+                                "0.12 at 900); from copy_qk_clean's 3,000-step trunks, 96 held at 0.81 (1337) and fell "
+                                "from 0.94 to 0.75 (1339); from its 6,000-step trunks (make run) it was 0.94 / 1.00 / "
+                                "1.00 for seeds 1337-1339",
                                 dict(_CLEAN), {"qk_conv": 2}),
     "trunk_mixed_light": Recipe("trunk_mixed_clean at lr 3e-5 instead of 1e-4, the LTM's gate still at 3e-3 "
                                 "(memory_lr_mult 100): under trunk_mixed_clean, distance 96 fell within the first 150 "
