@@ -224,17 +224,27 @@ def test_with_ltm_loads_every_trunk_tensor_and_keeps_its_gate_fresh(home, tmp_pa
 
 
 @pytest.mark.parametrize("arm", ["reservoir", "recursive"])
-def test_other_families_start_random_and_record_why(home, tmp_path, capsys, arm):
+def test_other_families_take_the_trunk_tensors_they_share(home, tmp_path, capsys, arm):
+    state, _ = load_trunk(trunk_dir("smoke", SEED))
+    model, preset = fresh_model(arm)
+    own = model.state_dict()
+    shared = {k for k in state if k in own and own[k].shape == state[k].shape}
+    assert "wte.weight" in shared and "blocks.0.attn.c_attn.weight" in shared   # embedding and attention at least
+    before = {k: v.clone() for k, v in own.items()}
+    info = init_from_trunk(model, preset, SEED, "trunk")
+    assert info["started_from"] == "trunk" and info["shared_only"] and info["loaded"] == len(shared)
+    assert info["left_out"] == sorted(set(state) - shared) and info["kept_fresh"] == sorted(set(own) - shared)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], state[k]) for k in shared)
+    assert all(torch.equal(after[k], before[k]) for k in info["kept_fresh"])     # its own tensors stay as initialised
+    if arm == "reservoir":   # replaces every FFN: the trunk's MLP weights have no place in it
+        assert any(".mlp.c_fc." in k for k in info["left_out"])
     out = train("smoke", arm=arm, seed=SEED, steps=1, out_dir=tmp_path / arm, progress=False, device="cpu",
                 init_from="trunk")
-    why = f"family {arm}: its blocks are not the trunk's; starts from random initialisation"
     init = json.loads((out / "config.json").read_text())["init"]
-    assert init == {"init_from": "trunk", "started_from": "random", "reason": why}
-    assert f"{arm} seed {SEED}: {why}" in capsys.readouterr().err
-    model, preset = fresh_model(arm)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert init_from_trunk(model, preset, SEED, "trunk")["reason"] == why
-    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    assert init["shared_only"] and init["loaded"] == len(shared) and init["left_out"] == info["left_out"]
+    assert f"{arm} seed {SEED}: starts from the trunk" in capsys.readouterr().err
+    assert "left out (no place in this family)" in init_lines({"init": init})[0]
 
 
 def test_a_trunk_of_another_shape_or_tokenizer_is_refused(home, tmp_path):
@@ -320,11 +330,13 @@ def test_arms_that_started_differently_are_refused_or_explained(tmp_path):
         check_arms_match(runs)
     scored = lambda *inits: SimpleNamespace(configs=[{"init": i} for i in inits])
     from_trunk = {"init_from": "trunk", "started_from": "trunk"}
-    reservoir = {"init_from": "trunk", "started_from": "random",
-                 "reason": "family reservoir: its blocks are not the trunk's; starts from random initialisation"}
+    random = {"init_from": "", "started_from": "random", "reason": "init_from is empty: random initialisation"}
+    reservoir = {"init_from": "trunk", "started_from": "trunk", "shared_only": True,
+                 "reason": "its family takes 35 of the trunk's 44 tensors"}
     assert _start_note(scored(from_trunk), scored(from_trunk), "baseline") is None
     note = _start_note(scored(from_trunk), scored(reservoir), "baseline")
-    assert "baseline from trunk, the arm from random: family reservoir" in note
+    assert "baseline from trunk, the arm from part of the trunk: its family takes 35" in note
+    assert "the arm from random" in _start_note(scored(from_trunk), scored({**random, "init_from": "trunk"}), "baseline")
 
 
 def test_the_model_card_says_where_a_run_started():

@@ -267,11 +267,13 @@ def _comparison(reference: ScoredArm, scored: ScoredArm, docs, items, window, ec
 
 
 def _started_from(scored: ScoredArm) -> tuple[str, str | None]:
-    """How an arm's seeds started ("trunk", "random", or "trunk and random"), and why one started random although
-    its init_from named a trunk (config.json ``init``; runs from before it: random)."""
+    """How an arm's seeds started ("trunk", "part of the trunk" (another family: the tensors it shares), "random", or
+    two of these joined by "and"), and why one did not take the whole trunk although its init_from named one
+    (config.json ``init``; runs from before it: random)."""
     inits = [c.get("init") or {} for c in scored.configs]
-    kinds = sorted({i.get("started_from", "random") for i in inits})
-    reasons = [i["reason"] for i in inits if i.get("init_from") and i.get("started_from") != "trunk" and i.get("reason")]
+    kinds = sorted({"part of the trunk" if i.get("shared_only") else i.get("started_from", "random") for i in inits})
+    reasons = [i["reason"] for i in inits
+               if i.get("init_from") and (i.get("started_from") != "trunk" or i.get("shared_only")) and i.get("reason")]
     return " and ".join(kinds), (reasons[0] if reasons else None)
 
 

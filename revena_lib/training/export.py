@@ -61,7 +61,8 @@ def init_lines(config: dict) -> list[str]:
         fresh = init.get("kept_fresh") or []
         return [f"- started from the pretrained trunk `{init.get('source')}` (sha256 {init.get('trunk_sha256')}, "
                 f"{init.get('trunk_steps')} steps; rebuilt by `{init.get('trunk_command')}`): {init.get('loaded')} "
-                "tensors loaded" + (f", kept fresh: {', '.join(fresh)}" if fresh else "")]
+                "tensors loaded" + (f", kept fresh: {', '.join(fresh)}" if fresh else "")
+                + (f"; left out (no place in this family): {', '.join(init['left_out'])}" if init.get("left_out") else "")]
     return [f"- started from random initialisation ({init.get('reason') or 'init_from empty'})"]
 
 

@@ -10,8 +10,9 @@ the positive control) builds them through a resumable run in ``trained/trunk/<pr
 
 This module holds what training needs: where trunks live, saving, loading with verification, and starting a fresh
 run from one (``TrainConfig.init_from``: "" = random, "trunk" = this preset and seed's, else a trunk directory).
-Only the transformer family shares the trunk's blocks; the reservoir and recursive families start from random
-initialisation and their run records why.
+The transformer family shares every tensor of the trunk; the reservoir and recursive families take the tensors
+they share with it by name and shape (embedding, attention, norms; the recursive core its whole blocks) and start
+the rest fresh, and their run records which (``init``: ``loaded``, ``kept_fresh``, ``left_out``).
 
     from revena_lib.training.trunk import init_from_trunk, load_trunk
     state, record = load_trunk("trunks/cpu/seed-1337")
@@ -204,14 +205,12 @@ def plan_init(preset: Preset, seed: int, meta: dict | None = None, init_from: st
     if not init_from:
         return None, {"init_from": "", "started_from": "random", "reason": "init_from is empty: random initialisation"}
     family = preset.model.family
-    if family != TRUNK_FAMILY:
-        return None, {"init_from": init_from, "started_from": "random",
-                      "reason": f"family {family}: its blocks are not the trunk's; starts from random initialisation"}
     directory = resolve_init_from(init_from, preset.name, seed)
     state, record = load_trunk(directory)
     check_trunk_fits(directory, record, dataclasses.asdict(preset.model), meta, preset.name)
     train_sha = ((meta or {}).get("splits") or {}).get("train", {}).get("sha256")
-    return state, {"init_from": init_from, "started_from": "trunk", "source": display_path(directory),
+    shared = {} if family == TRUNK_FAMILY else {"shared_only": True}   # another family takes what fits (apply_init)
+    return state, {"init_from": init_from, "started_from": "trunk", **shared, "source": display_path(directory),
                    "trunk_sha256": record["sha256"], "trunk_preset": record.get("preset"),
                    "trunk_seed": record.get("seed"), "trunk_steps": record.get("steps"),
                    "trunk_command": record.get("command"),
@@ -225,6 +224,19 @@ def apply_init(model: torch.nn.Module, state: dict | None, info: dict) -> dict:
     if state is None:
         return dict(info)
     own, where = model.state_dict(), f"{info.get('source')}/{TRUNK_FILE}"
+    if info.get("shared_only"):
+        # Another family (reservoir, recursive) shares the trunk's embedding, attention and norms by name and shape
+        # (the recursive core its whole blocks), but not every tensor (the reservoir has no FFN): it takes those that
+        # fit, so that every arm fine-tunes from the same trunk under the same recipe, and records the rest.
+        fits = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+        if not fits:
+            raise TrunkError(f"{where}: no tensor of the trunk fits this arm's model (names and shapes all differ); "
+                             "set TrainConfig.init_from='' to start from random initialisation")
+        model.load_state_dict(fits, strict=False)
+        left = sorted(set(state) - set(fits))
+        return {**info, "loaded": len(fits), "kept_fresh": sorted(set(own) - set(fits)), "left_out": left,
+                "reason": f"its family takes {len(fits)} of the trunk's {len(state)} tensors (those it shares by name "
+                          f"and shape); the rest start fresh"}
     for name, tensor in state.items():
         if name not in own:
             raise TrunkError(f"{where}: tensor {name} has no place in this arm's model; the trunk does not fit it "
@@ -257,5 +269,7 @@ def describe_init(info: dict | None) -> str | None:
     if info.get("started_from") != "trunk":
         return info.get("reason")
     fresh = info.get("kept_fresh") or []
+    left = info.get("left_out") or []
     return (f"starts from the trunk {info['source']} (sha256 {str(info['trunk_sha256'])[:12]}...): {info['loaded']} "
-            f"tensors loaded" + (f"; kept fresh: {', '.join(fresh)}" if fresh else ""))
+            f"tensors loaded" + (f"; kept fresh: {', '.join(fresh)}" if fresh else "")
+            + (f"; {len(left)} trunk tensors have no place in this family and are left out" if left else ""))
