@@ -224,6 +224,7 @@ def apply_init(model: torch.nn.Module, state: dict | None, info: dict) -> dict:
     if state is None:
         return dict(info)
     own, where = model.state_dict(), f"{info.get('source')}/{TRUNK_FILE}"
+    extra = {}
     if info.get("shared_only"):
         # Another family (reservoir, recursive) shares the trunk's embedding, attention and norms by name and shape
         # (the recursive core its whole blocks), but not every tensor (the reservoir has no FFN): it takes those that
@@ -232,11 +233,10 @@ def apply_init(model: torch.nn.Module, state: dict | None, info: dict) -> dict:
         if not fits:
             raise TrunkError(f"{where}: no tensor of the trunk fits this arm's model (names and shapes all differ); "
                              "set TrainConfig.init_from='' to start from random initialisation")
-        model.load_state_dict(fits, strict=False)
-        left = sorted(set(state) - set(fits))
-        return {**info, "loaded": len(fits), "kept_fresh": sorted(set(own) - set(fits)), "left_out": left,
-                "reason": f"its family takes {len(fits)} of the trunk's {len(state)} tensors (those it shares by name "
-                          f"and shape); the rest start fresh"}
+        extra = {"left_out": sorted(set(state) - set(fits)),
+                 "reason": f"its family takes {len(fits)} of the trunk's {len(state)} tensors (those it shares by "
+                           f"name and shape); the rest start fresh"}
+        state = fits
     for name, tensor in state.items():
         if name not in own:
             raise TrunkError(f"{where}: tensor {name} has no place in this arm's model; the trunk does not fit it "
@@ -245,8 +245,7 @@ def apply_init(model: torch.nn.Module, state: dict | None, info: dict) -> dict:
             raise TrunkError(f"{where}: tensor {name} has shape {tuple(tensor.shape)} but this arm's model has "
                              f"{tuple(own[name].shape)}; the trunk does not fit it")
     model.load_state_dict(state, strict=False)   # strict=False: the arm's extra tensors stay as initialised
-    return {**info, "loaded": len(state), "kept_fresh": sorted(set(own) - set(state))}
-
+    return {**info, "loaded": len(state), "kept_fresh": sorted(set(own) - set(state)), **extra}
 
 def init_from_trunk(model: torch.nn.Module, preset: Preset, seed: int, init_from: str | None = None,
                     meta: dict | None = None) -> dict:
