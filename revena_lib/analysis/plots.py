@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from revena_lib.arms import arm_style
 from revena_lib.paths import results_dir as default_results_dir
@@ -118,6 +119,9 @@ def results_figure(results: dict) -> Figure:
     for ax, (key, title) in zip(axes[:, 3], FOREST):
         _forest(ax, results, key, title)
     _distance_lines(axes[1][:3], results, arms, window)
+    # one legend for the arms, below the panels: per-panel legends of up to 11 arms x 2 lines covered the curves
+    handles = [Line2D([], [], color=_colour(a), marker="o", label=_label(a)) for a in arms]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(arms), 6), fontsize=8)
     fig.suptitle(f"Revena: which memory helps?  ({_subtitle(results)})", fontsize=11)
     return fig
 
@@ -128,9 +132,13 @@ def _bar_panels(axes, results: dict, arms: list[str], window: int) -> None:
         values = [results[arm][key] for arm in arms]
         errors = np.array([_error(v, *_ci(results, arm, key)) for v, arm in zip(values, arms)]).T   # (2, arms)
         ax.bar([_label(a) for a in arms], values, yerr=errors, capsize=6, color=[_colour(a) for a in arms])
-        ax.tick_params(axis="x", labelrotation=20 if len(arms) > 3 else 0, labelsize=8)
+        many = len(arms) > 5   # then labels and values turn, so that neighbours do not overprint each other
+        ax.tick_params(axis="x", labelrotation=(40 if many else 20) if len(arms) > 3 else 0, labelsize=8)
+        if many:
+            ax.set_xticks(range(len(arms)), [_label(a) for a in arms], ha="right", rotation_mode="anchor")
         for i, v in enumerate(values):
-            ax.annotate(f"{v:,.0f}" if key == "tokens_per_sec" else f"{v:.3g}", (i, v), textcoords="offset points", xytext=(0, 3), ha="center", va="bottom")
+            ax.annotate(f"{v:,.0f}" if key == "tokens_per_sec" else f"{v:.3g}", (i, v), textcoords="offset points",
+                        xytext=(0, 3), ha="center", va="bottom", rotation=90 if many else 0, fontsize=7 if many else 10)
         diff = _diff_text(results, key)
         ax.set_title(title + (f"\n{diff}" if diff else ""), fontsize=10)
     axes[1].set_ylim(0, 1.05)
@@ -145,8 +153,11 @@ def _recall_panels(axes, results: dict, arms: list[str]) -> None:
         for arm in arms:
             d, passkey = _by_distance(results, arm, key)
             _, control = _by_distance(results, arm, f"control_{key}")
-            ax.plot(d, passkey, "o-", color=_colour(arm), label=f"{_label(arm)} passkey")
-            ax.plot(d, control, "s--", color=_colour(arm), alpha=0.6, label=f"{_label(arm)} control")
+            ax.plot(d, passkey, "o-", color=_colour(arm))
+            ax.plot(d, control, "s--", color=_colour(arm), alpha=0.6)
+        # colours are the arms (the figure's legend); here only what solid and dashed mean
+        ax.plot([], [], "o-", color="#555555", label="pass key")
+        ax.plot([], [], "s--", color="#555555", alpha=0.6, label="control: a colour word (low surprisal)")
         ax.set(title=title, xlabel="filler tokens between fact and question", ylabel=ylabel)
     axes[0].set_ylim(-0.03, 1.03)
 
