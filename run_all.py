@@ -7,7 +7,7 @@ sources. Artefacts land in ``data/``, ``trained/`` and ``results/`` (or under ``
 
     python run_all.py                  # the cpu preset: about 30 minutes on a 2-core CPU
     python run_all.py --preset smoke   # seconds; what CI runs (every notebook, 09_sleep included)
-    python run_all.py --sleep          # cpu, with 09_sleep (opt-in above smoke: it adds about 30 minutes at cpu)
+    python run_all.py --sleep          # cpu, with 09_sleep (opt-in above smoke: it adds about 80 minutes at cpu)
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "later notebooks read what earlier ones wrote to disk")
     parser.add_argument("--sleep", action="store_true",
                         help="also run 09_sleep (wake/sleep cycles over held-out days, every strategy and seed) above "
-                             "the smoke preset: about 30 minutes more at cpu on 2 cores; at smoke it always runs")
+                             "the smoke preset: about 80 minutes more at cpu (82 min measured on one thread beside the evaluation); at smoke it always runs")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where executed copies go (default: executed/<preset>/)")
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
