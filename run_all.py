@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "later notebooks read what earlier ones wrote to disk")
     parser.add_argument("--sleep", action="store_true",
                         help="also run 09_sleep (wake/sleep cycles over held-out days, every strategy and seed) above "
-                             "the smoke preset: about 80 minutes more at cpu (82 min measured on one thread beside the evaluation); at smoke it always runs")
+                             "the smoke preset: about 80 minutes more at cpu (82 min measured on one thread beside "
+                             "the evaluation); at smoke it always runs")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where executed copies go (default: executed/<preset>/)")
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
