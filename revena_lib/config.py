@@ -84,6 +84,8 @@ class ModelConfig:
                                     # block parameters (the trainable count matches the baseline's)
     trm_h_cycles: int = 2           # H: z_H updates per chunk; only the last cycle runs with gradient
     trm_l_cycles: int = 2           # L: z_L updates before each z_H update
+    trm_qk_conv: bool = False       # keep qk_conv inside the core (over the carry's latents, then the chunk's): the
+                                    # matched core without it did not copy at cpu (induction score 0.17 nats)
 
     @property
     def memory_layer_index(self) -> int:

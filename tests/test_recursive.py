@@ -28,6 +28,10 @@ def small_model(**overrides):
     return RecursiveLM(small_cfg(**overrides)).eval()
 
 
+# the core as the matched arm has it, and with the model's qk_conv kept inside it (arm recursive_qk)
+CORES = pytest.mark.parametrize("core", [{}, {"qk_conv": 2, "trm_qk_conv": True}], ids=["plain", "qk_conv"])
+
+
 def test_shapes_finite_loss_and_parameter_count():
     for overrides in ({}, {"trm_hidden": 48, "trm_layers": 1, "trm_h_cycles": 3, "trm_l_cycles": 1}):
         model = small_model(**overrides)
@@ -47,8 +51,9 @@ def test_config_refuses_bad_trm_fields():
             small_cfg(**bad)
 
 
-def test_causal_a_later_token_never_changes_an_earlier_output_across_chunks():
-    model = small_model()
+@CORES
+def test_causal_a_later_token_never_changes_an_earlier_output_across_chunks(core):
+    model = small_model(**core)
     idx = torch.randint(0, 512, (1, 5 * C))
     for t in (C - 1, C, 2 * C + 7):                                   # chunk ends, starts, middles
         changed = idx.clone()
@@ -105,8 +110,9 @@ def test_the_carry_is_detached_between_chunks():
         assert not torch.allclose(model(idx).logits[:, C:], model(changed).logits[:, C:])
 
 
-def test_state_protocol_split_calls_equal_one_call_and_states_are_independent():
-    model = small_model()
+@CORES
+def test_state_protocol_split_calls_equal_one_call_and_states_are_independent(core):
+    model = small_model(**core)
     idx = torch.randint(0, 512, (2, 4 * C))
     with torch.no_grad():
         whole = model(idx)
@@ -144,8 +150,9 @@ def test_a_continuation_must_start_at_a_chunk_boundary_with_the_same_batch():
         model(torch.randint(0, 512, (2, C)), state=model.new_state(1, "cpu"))
 
 
-def test_memory_read_off_makes_chunk_one_invisible_at_chunk_three():
-    model = small_model().double()   # an untrained carry passes ~1e-3 of a change per chunk: float64 keeps it clear
+@CORES
+def test_memory_read_off_makes_chunk_one_invisible_at_chunk_three(core):
+    model = small_model(**core).double()   # an untrained carry passes ~1e-3 of a change per chunk: float64 keeps it clear
     idx = torch.randint(0, 512, (1, 3 * C))
     changed = idx.clone()
     changed[0, 5] = (idx[0, 5] + 1) % 512
@@ -159,8 +166,10 @@ def test_memory_read_off_makes_chunk_one_invisible_at_chunk_three():
 
 
 def test_the_recursive_arms_are_in_the_table():
-    for name in ("recursive", "trm_256x2_h3l4", "trm_192x2_h2l3", "trm_256x3_h4l4"):
+    for name in ("recursive", "recursive_qk", "trm_256x2_h3l4", "trm_192x2_h2l3", "trm_256x3_h4l4"):
         assert ARMS[name].family == "recursive" and ARMS[name].label
+    plain, qk = (RecursiveLM(arm_preset("cpu", name).model) for name in ("recursive", "recursive_qk"))
+    assert plain.blocks[0].attn.key_mix is None and qk.blocks[0].attn.key_mix.shape == (3, 4, 1, 32)   # qk_conv=2
     cfg = arm_preset("cpu", "trm_256x3_h4l4").model
     assert (cfg.trm_width, cfg.trm_depth, cfg.trm_h_cycles, cfg.trm_l_cycles) == (256, 3, 4, 4)
 

@@ -101,9 +101,10 @@ class RecursiveLM(nn.Module):
                              "(the carry is this family's memory)")
         self.cfg = cfg
         h, C = cfg.trm_width, cfg.n_embd
-        # the transformer's block, at the core's width; no smeared key or qk_conv: the core's keys are the carry's
-        # latents followed by the chunk's, so "the key before" the chunk's first token would be a latent, not a token
-        core_cfg = dataclasses.replace(cfg, n_embd=h, smear_key=False, qk_conv=0)
+        # the transformer's block, at the core's width; no smeared key, and qk_conv only with trm_qk_conv: the core's
+        # keys are the carry's latents followed by the chunk's, so "the key before" the chunk's first position is the
+        # carry's last latent (the previous token's z_H), and every key is a latent of its position
+        core_cfg = dataclasses.replace(cfg, n_embd=h, smear_key=False, qk_conv=cfg.qk_conv if cfg.trm_qk_conv else 0)
         self.n_head, self.head_dim = cfg.n_head, h // cfg.n_head
         self.wte = nn.Embedding(cfg.vocab_size, C)
         self.drop = nn.Dropout(cfg.dropout)
@@ -157,8 +158,12 @@ class RecursiveLM(nn.Module):
         """
         B, c, h = x.shape
         if carry is None:   # no keys before the chunk: causal attention over the chunk alone
-            empty = x.new_zeros(B, self.n_head, 0, self.head_dim, dtype=cos.dtype)
-            caches, mask = [(empty, empty)] * len(self.blocks), mask[:, c:]
+            if self.blocks[0].attn.key_mix is None:
+                empty = x.new_zeros(B, self.n_head, 0, self.head_dim, dtype=cos.dtype)
+                caches, mask = [(empty, empty)] * len(self.blocks), mask[:, c:]
+            else:   # qk_conv reads the keys before the chunk: zeros (as at a sequence start), hidden by the mask
+                zeros = x.new_zeros(B, self.n_head, c, self.head_dim, dtype=cos.dtype)
+                caches, mask = [(zeros, zeros)] * len(self.blocks), torch.cat([mask[:, :c] & False, mask[:, c:]], 1)
         else:
             caches = self.carry_keys(carry, cos[:c], sin[:c])
 
