@@ -59,7 +59,8 @@ ARMS: dict[str, Arm] = {
                      "latents per 64-token chunk (H2/L2 cycles) and attends to the previous chunk's z_H, carried "
                      "detached", label="TRM (matched)", colour="#17becf"),
     "recursive_qk": Arm("recursive", "the matched TRM with the model's qk_conv inside its core (keys mix the latents "
-                        "of the positions before them), the aid the trunks copy with; opt-in",
+                        "of the positions before them), the aid the trunks copy with; the same as recursive where "
+                        "the preset has no qk_conv (smoke, paper)",
                         {"trm_qk_conv": True}, label="TRM + qk_conv", colour="#2f7f8f"),
     "trm_256x2_h3l4": Arm("recursive", "the seed's memory TRM: core of 2 blocks at width 256, H3/L4 cycles",
                           {"trm_hidden": 256, "trm_layers": 2, "trm_h_cycles": 3, "trm_l_cycles": 4},
