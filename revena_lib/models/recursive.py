@@ -157,13 +157,9 @@ class RecursiveLM(nn.Module):
         chunk uses the same tables); mask (c, 2c) lets every position see the whole carry and its chunk causally.
         """
         B, c, h = x.shape
-        if carry is None:   # no keys before the chunk: causal attention over the chunk alone
-            if self.blocks[0].attn.key_mix is None:
-                empty = x.new_zeros(B, self.n_head, 0, self.head_dim, dtype=cos.dtype)
-                caches, mask = [(empty, empty)] * len(self.blocks), mask[:, c:]
-            else:   # qk_conv reads the keys before the chunk: zeros (as at a sequence start), hidden by the mask
-                zeros = x.new_zeros(B, self.n_head, c, self.head_dim, dtype=cos.dtype)
-                caches, mask = [(zeros, zeros)] * len(self.blocks), torch.cat([mask[:, :c] & False, mask[:, c:]], 1)
+        if carry is None:   # no keys before the chunk: causal attention over the chunk alone (qk_conv: zeros before)
+            empty = x.new_zeros(B, self.n_head, 0, self.head_dim, dtype=cos.dtype)
+            caches, mask = [(empty, empty)] * len(self.blocks), mask[:, c:]
         else:
             caches = self.carry_keys(carry, cos[:c], sin[:c])
 

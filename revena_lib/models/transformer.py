@@ -188,13 +188,16 @@ class Attention(nn.Module):
     def mix_queries(self, q: torch.Tensor, k_before: torch.Tensor) -> torch.Tensor:
         """Queries with ``qk_conv``: q_t + sum over l = 1..n-1 of u_l * k_(t-l), so a query holds the tokens before
         its own and matches a key's prefix of n tokens. q (..., H, L, D) after RoPE; ``k_before`` (..., H, M, D) the
-        raw keys (after RoPE) of the M >= L + n - 1 positions ending with the queries' (its last L are theirs).
-        Both rotate with their positions, so q_t . k_(s-1) and k_(t-1) . k_(s-2) are read at the same offset.
-        Identity without ``qk_conv`` >= 2."""
+        raw keys (after RoPE) of the M positions ending with the queries' (its last L are theirs); positions before
+        its first count as zeros, as in ``smear``. Both rotate with their positions, so q_t . k_(s-1) and
+        k_(t-1) . k_(s-2) are read at the same offset. Identity without ``qk_conv`` >= 2."""
         if self.query_mix is None:
             return q
-        L, M = q.shape[-2], k_before.shape[-2]
         u = self.query_mix.to(q.dtype)                                          # (n-1, H, 1, D)
+        L, short = q.shape[-2], q.shape[-2] + u.shape[0] - k_before.shape[-2]
+        if short > 0:   # fewer keys before the queries than the mix reads (a chunk with no cache): zeros
+            k_before = F.pad(k_before, (0, 0, short, 0))
+        M = k_before.shape[-2]
         return q + sum(u[lag - 1] * k_before[..., M - L - lag:M - lag, :] for lag in range(1, u.shape[0] + 1))
 
     def attend(self, q, k, v, mask, heads_folded: bool = False):
